@@ -1,0 +1,7 @@
+"""``python -m poller``."""
+
+import sys
+
+from poller.cli import main
+
+sys.exit(main())

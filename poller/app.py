@@ -1,0 +1,245 @@
+"""The daemon's lifecycle: open the store, start polling and delivery, drain on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import structlog
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from poller import __version__
+from poller.config import Config
+from poller.delivery.retry import RetryPolicy
+from poller.delivery.sender import Sender, Target
+from poller.delivery.worker import DeliveryWorker
+from poller.errors import ConfigError
+from poller.hms.client import HmsClient
+from poller.hms.token import MintedTokens, StaticToken, TokenProvider
+from poller.poll import RoomPoller
+from poller.schedule import Scheduler
+from poller.sdnotify import Notifier
+from poller.store.db import create_engine, migrate
+from poller.store.repo import Store
+from poller.timeutil import utcnow
+
+USER_AGENT = f"poller/{__version__}"
+# The API keeps 30 days of events; a seen id may be forgotten once the API
+# can no longer return it, with a margin for clock skew.
+RETENTION = dt.timedelta(days=31)
+PRUNE_INTERVAL = 3600.0
+# A delivery claimed by an instance that died is retried after this much
+# longer than one attempt may take.
+CLAIM_MARGIN = 30.0
+
+
+def instance_id(config: Config) -> str:
+    """This process's name in leases, claims, logs and metrics."""
+    return config.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def secrets_of(config: Config) -> list[str]:
+    """Every configured secret value, for log redaction."""
+    values = [w.secret.reveal() for w in config.webhooks]
+    values += [v for w in config.webhooks for _, v in w.headers]
+    for secret in (config.hms.app_secret, config.hms.management_token):
+        if secret is not None:
+            values.append(secret.reveal())
+    password = make_url(config.store.url.reveal()).password
+    if password:
+        values.append(str(password))
+    return values
+
+
+def _tokens(config: Config) -> TokenProvider:
+    hms = config.hms
+    if hms.management_token is not None:
+        return StaticToken(hms.management_token.reveal())
+    assert hms.access_key is not None
+    assert hms.app_secret is not None
+    return MintedTokens(hms.access_key, hms.app_secret.reveal())
+
+
+@asynccontextmanager
+async def open_store(config: Config, *, apply_migrations: bool = True) -> AsyncIterator[Store]:
+    """Open (and migrate) the configured store; a failure is a ConfigError on store.url."""
+    try:
+        engine = create_engine(config.store.url.reveal())
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        raise _store_error(config, exc) from None
+    try:
+        try:
+            if apply_migrations:
+                await migrate(engine)
+            else:
+                async with engine.connect():
+                    pass
+        except (SQLAlchemyError, OSError) as exc:
+            raise _store_error(config, exc) from None
+        yield Store(engine, instance_id=instance_id(config))
+    finally:
+        await engine.dispose()
+
+
+def _store_error(config: Config, exc: BaseException) -> ConfigError:
+    reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    for secret in secrets_of(config):
+        text = text.replace(secret, "***")
+    return ConfigError(
+        config.path, "store.url", f"cannot use the store {config.store.masked_url()}: {text}"
+    )
+
+
+class Daemon:
+    """All the running parts of one poller instance, wired together."""
+
+    def __init__(self, config: Config, store: Store, notifier: Notifier) -> None:
+        self.config = config
+        self.store = store
+        self.notifier = notifier
+        self.log = structlog.get_logger("poller")
+        self.stopping = asyncio.Event()
+        self._api_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config.poll.max_concurrency * 2),
+            headers={"User-Agent": USER_AGENT},
+        )
+        # A separate pool: receivers holding connections never starve the API.
+        self._hook_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=sum(w.max_concurrency for w in config.webhooks) + 4
+            ),
+        )
+        self.client = HmsClient(
+            self._api_session,
+            config.hms.base_url,
+            _tokens(config),
+            request_timeout=config.hms.request_timeout,
+            limiter=asyncio.Semaphore(config.poll.max_concurrency),
+        )
+        self.worker = DeliveryWorker(
+            store,
+            Sender(self._hook_session, timeout=config.delivery.timeout, user_agent=USER_AGENT),
+            [Target.from_config(w) for w in config.webhooks],
+            RetryPolicy(config.delivery.retry_schedule),
+            claim_ttl=config.delivery.timeout + CLAIM_MARGIN,
+        )
+        interval = config.poll.interval
+        self.poller = RoomPoller(
+            self.client,
+            store,
+            config.webhooks,
+            event_types=config.hms.event_types,
+            page_size=config.poll.page_size,
+            backfill=config.poll.backfill,
+            lease_ttl=max(3 * interval, 30.0),
+            on_new_deliveries=self.worker.wake,
+        )
+        self.scheduler = Scheduler()
+        rooms = config.rooms
+        for i, room in enumerate(rooms):
+            self.scheduler.every(
+                f"poll:{room.id}",
+                interval,
+                functools.partial(self.poller.poll, room.id),
+                # Spread the rooms over one interval instead of a burst per interval.
+                first_in=interval * i / len(rooms),
+                jitter=min(interval * 0.1, 5.0),
+                timeout=max(3 * interval, 60.0),
+            )
+        self.scheduler.every("prune", PRUNE_INTERVAL, self.prune, first_in=60.0, timeout=600.0)
+
+    async def prune(self) -> None:
+        """Forget seen events the API can no longer return."""
+        removed = await self.store.prune(seen_before=utcnow() - RETENTION)
+        if removed:
+            self.log.info("pruned", events=removed)
+
+    async def run(self) -> None:
+        """Run until ``stopping`` is set, then drain within the shutdown grace."""
+        if self.store.engine.dialect.name == "sqlite":
+            # One instance per SQLite file: claims left by a killed run are ours.
+            released = await self.store.release_claims(everyone=True)
+            if released:
+                self.log.info("claims_released", count=released)
+        worker_task = asyncio.create_task(self.worker.run(), name="delivery")
+        self.scheduler.start()
+        watchdog = asyncio.create_task(self._watchdog(worker_task), name="watchdog")
+        status = (
+            f"polling {len(self.config.rooms)} rooms every {self.config.poll.interval:g}s, "
+            f"{len(self.config.webhooks)} webhooks"
+        )
+        self.notifier.ready(status)
+        self.log.info(
+            "started",
+            version=__version__,
+            instance=self.store.instance_id,
+            rooms=len(self.config.rooms),
+            webhooks=len(self.config.webhooks),
+            store=self.config.store.masked_url(),
+        )
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({stop_wait, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+        if worker_task.done() and not self.stopping.is_set():
+            worker_task.result()  # the loop only ends on a bug: surface it
+        await self.shutdown(worker_task, watchdog)
+
+    async def shutdown(self, worker_task: asyncio.Task[None], watchdog: asyncio.Task[None]) -> None:
+        """Stop polling and delivering within ``shutdown_grace``, hand back what is left."""
+        started = time.monotonic()
+        self.notifier.stopping()
+        self.log.info("stopping", grace_s=self.config.shutdown_grace)
+        # Leave a little of the grace for closing the store and the sessions.
+        drain = max(0.0, self.config.shutdown_grace * 0.8 - 0.2)
+        await asyncio.gather(self.scheduler.stop(drain), self.worker.stop(drain))
+        await worker_task
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await self.store.release_rooms()
+        await self._api_session.close()
+        await self._hook_session.close()
+        self.log.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))
+
+    async def _watchdog(self, worker_task: asyncio.Task[None]) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            # Ping only while both halves live; systemd restarts us otherwise.
+            stalled = time.monotonic() - self.worker.last_loop_at > 60.0
+            if self.scheduler.running and not worker_task.done() and not stalled:
+                self.notifier.watchdog()
+
+
+async def run(
+    config: Config,
+    *,
+    notifier: Notifier | None = None,
+    stopping: asyncio.Event | None = None,
+) -> None:
+    """``poller run``: migrate, then poll and deliver until SIGTERM, SIGINT or ``stopping``."""
+    async with open_store(config) as store:
+        daemon = Daemon(config, store, notifier or Notifier())
+        if stopping is not None:
+            daemon.stopping = stopping
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, daemon.stopping.set)
+        try:
+            await daemon.run()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)

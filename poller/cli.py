@@ -1,0 +1,150 @@
+"""Command line: parse arguments and hand over; user errors become one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from poller import __version__
+from poller.config import Config, describe, load_config, resolve_config_path
+from poller.errors import UserError
+
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+
+def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    return load_config(resolve_config_path(args.config, environ), environ)
+
+
+def _configure_logs(config: Config) -> None:
+    from poller import log
+    from poller.app import secrets_of
+
+    log.configure(config.log.level, config.log.format, secrets=secrets_of(config))
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from poller import app
+
+    _configure_logs(config)
+    asyncio.run(app.run(config))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    """Validate the config and print a summary with secrets masked."""
+    print(describe(config))
+    print("config OK")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
+    """Bring the store schema up to date."""
+    from poller.app import open_store
+    from poller.store.db import schema_revisions
+
+    async def migrate() -> str | None:
+        async with open_store(config) as store:
+            current, _ = await schema_revisions(store.engine)
+            return current
+
+    _configure_logs(config)
+    revision = asyncio.run(migrate())
+    print(f"store {config.store.masked_url()} is at schema revision {revision}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    """Print room poll states and outbox counts."""
+    from poller import report
+
+    _configure_logs(config)
+    print(asyncio.run(report.status(config)))
+    return 0
+
+
+def cmd_deliveries(args: argparse.Namespace, config: Config) -> int:
+    """List deliveries, or retry dead ones."""
+    from poller import report
+
+    _configure_logs(config)
+    if args.action == "retry":
+        print(asyncio.run(report.retry(config, ids=args.id, webhook=args.webhook)))
+    else:
+        print(
+            asyncio.run(
+                report.deliveries(config, state=args.state, webhook=args.webhook, limit=args.limit)
+            )
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; ``-c`` is accepted before or after the command."""
+    config_help = "config file (default: $POLLER_CONFIG, else /etc/poller/config.toml)"
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a -c given before the command from being reset by the subparser.
+    common.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
+
+    parser = argparse.ArgumentParser(
+        prog="poller", description="Turns the 100ms analytics events API into signed webhooks."
+    )
+    parser.add_argument("-c", "--config", default=None, help=config_help)
+    parser.add_argument("--version", action="version", version=f"poller {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("run", cmd_run, "run the daemon until SIGTERM or SIGINT")
+    add("check-config", cmd_check_config, "validate the config and print a summary")
+    add("migrate", cmd_migrate, "bring the store schema up to date")
+    add("status", cmd_status, "show room poll states and the outbox")
+    dl = add("deliveries", cmd_deliveries, "list deliveries or retry dead ones")
+    dl.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
+    dl.add_argument("--state", choices=["pending", "delivered", "dead"])
+    dl.add_argument("--webhook", help="only this webhook")
+    dl.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    dl.add_argument("--id", type=int, action="append", default=[], help="retry this delivery id")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run poller against a built-in 100ms simulator and receiver",
+        description="Runs the real daemon against a local 100ms API simulator and a "
+        "signature-verifying receiver, with a temporary store. Needs no credentials.",
+    )
+    demo.add_argument("--events", type=int, default=8, help="events to publish (default 8)")
+    demo.add_argument("--timeout", type=float, default=60.0, help="give up after (s)")
+    demo.add_argument("--verbose", action="store_true", help="show the daemon's own logs")
+    demo.set_defaults(handler=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of the ``poller`` console script."""
+    env = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from poller.demo import run_demo
+
+            return run_demo(events=args.events, timeout=args.timeout, verbose=args.verbose)
+        handler: Handler = args.handler
+        return handler(args, _config(args, env))
+    except UserError as exc:
+        print(f"poller: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""One signed HTTP POST of one event to one webhook."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from poller.config import WebhookConfig
+from poller.delivery.signing import SigningKey
+from poller.timeutil import parse_retry_after
+
+# Receivers may answer with a page of HTML; we only need the status.
+_MAX_RESPONSE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A webhook ready to send to: URL, decoded signing key, static headers, concurrency."""
+
+    name: str
+    url: str = field(repr=False)  # may carry a token in its query string
+    key: SigningKey = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)
+    max_concurrency: int
+
+    @classmethod
+    def from_config(cls, webhook: WebhookConfig) -> Target:
+        """Build a target from a validated webhook config."""
+        return cls(
+            name=webhook.name,
+            url=webhook.url,
+            key=SigningKey.from_secret(webhook.secret.reveal()),
+            headers=dict(webhook.headers),
+            max_concurrency=webhook.max_concurrency,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one attempt; ``error`` is None exactly when it succeeded."""
+
+    status: int | None
+    error: str | None
+    retry_after: float | None
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Sender:
+    """Signs and POSTs event bodies; only a 2xx within the timeout counts as success."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, timeout: float, user_agent: str) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_s = timeout
+        self._user_agent = user_agent
+
+    async def send(self, target: Target, msg_id: str, body: bytes) -> Attempt:
+        """Make one attempt; never raises for network or HTTP failures."""
+        headers = {
+            **target.headers,
+            "Content-Type": "application/json",
+            "User-Agent": self._user_agent,
+            # Signed at the last moment: the timestamp is this attempt's.
+            **target.key.headers(msg_id, body),
+        }
+        started = time.perf_counter()
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            async with self._session.post(
+                target.url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                if status in (429, 503):
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                await resp.content.read(_MAX_RESPONSE_BYTES)
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+        except TimeoutError:
+            error = f"timed out after {self._timeout_s:g}s"
+        except aiohttp.ClientConnectorError as exc:
+            # The connector's message names host:port and the OS error, never
+            # the path or query string, which may hold a token.
+            error = f"connection failed: {exc.os_error.strerror or type(exc.os_error).__name__}"
+        except aiohttp.ClientError as exc:
+            error = f"request failed: {type(exc).__name__}"
+        if status is not None and 200 <= status < 300:
+            error = None  # a response body cut short after a 2xx is still a delivery
+        return Attempt(status, error, retry_after, time.perf_counter() - started)

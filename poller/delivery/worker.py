@@ -1,0 +1,167 @@
+"""The delivery loop: claim due outbox rows, send them, record the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from poller.delivery.retry import RetryPolicy
+from poller.delivery.sender import Attempt, Sender, Target
+from poller.store.repo import Claim, Store
+from poller.timeutil import utcnow
+
+# How often an idle worker looks for work it was not woken for: retries
+# falling due, claims of a dead instance expiring, rows another instance wrote.
+IDLE_WAIT = 1.0
+
+
+class DeliveryWorker:
+    """Delivers owed events, each webhook within its own concurrency limit."""
+
+    def __init__(
+        self,
+        store: Store,
+        sender: Sender,
+        targets: Sequence[Target],
+        policy: RetryPolicy,
+        *,
+        claim_ttl: float,
+        idle_wait: float = IDLE_WAIT,
+        on_attempt: Callable[[Target, Claim, Attempt, str], None] | None = None,
+        logger: FilteringBoundLogger | None = None,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._targets = tuple(targets)
+        self._policy = policy
+        self._claim_ttl = claim_ttl
+        self._idle_wait = idle_wait
+        self._on_attempt = on_attempt
+        self._log = logger or structlog.get_logger("poller.delivery")
+        self._inflight: dict[str, set[asyncio.Task[None]]] = {t.name: set() for t in targets}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.last_loop_at = time.monotonic()
+
+    def wake(self) -> None:
+        """Look for due deliveries now (new outbox rows were written)."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(tasks) for tasks in self._inflight.values())
+
+    async def run(self) -> None:
+        """Claim and dispatch until stop() is called."""
+        while not self._stopping:
+            self.last_loop_at = time.monotonic()
+            self._wake.clear()
+            try:
+                claimed, idle = await self._dispatch()
+                if claimed:
+                    continue  # more may be due right away
+                timeout = await self._idle_timeout(idle)
+            except Exception:
+                # The store may be briefly unavailable; the loop must outlive it.
+                self._log.exception("delivery_loop_error")
+                timeout = self._idle_wait
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _dispatch(self) -> tuple[int, list[str]]:
+        """Claim for every webhook with free slots; return (claimed, webhooks with slots)."""
+        claimed = 0
+        idle: list[str] = []
+        for target in self._targets:
+            free = target.max_concurrency - len(self._inflight[target.name])
+            if free <= 0:
+                continue  # a finishing delivery wakes us
+            claims = await self._store.claim(target.name, free, ttl=self._claim_ttl, now=utcnow())
+            for claim in claims:
+                self._start(target, claim)
+            claimed += len(claims)
+            if len(claims) < free:
+                idle.append(target.name)
+        return claimed, idle
+
+    async def _idle_timeout(self, idle: list[str]) -> float:
+        due = await self._store.next_due(idle)
+        if due is None:
+            return self._idle_wait
+        return min(self._idle_wait, max(0.0, (due - utcnow()).total_seconds()))
+
+    def _start(self, target: Target, claim: Claim) -> None:
+        task = asyncio.create_task(
+            self._deliver(target, claim), name=f"deliver-{claim.delivery_id}"
+        )
+        tasks = self._inflight[target.name]
+        tasks.add(task)
+
+        def _done(t: asyncio.Task[None]) -> None:
+            tasks.discard(t)
+            self._wake.set()
+
+        task.add_done_callback(_done)
+
+    async def _deliver(self, target: Target, claim: Claim) -> None:
+        attempt_no = claim.attempts + 1
+        log = self._log.bind(webhook=target.name, event_id=claim.event_id, attempt=attempt_no)
+        try:
+            attempt = await self._sender.send(target, claim.event_id, claim.body.encode())
+            now = utcnow()
+            if attempt.ok:
+                assert attempt.status is not None
+                kept = await self._store.mark_delivered(claim, status=attempt.status, now=now)
+                outcome = "delivered"
+            else:
+                delay = self._policy.delay_after(attempt_no, attempt.retry_after)
+                retry_at = None if delay is None else now + _seconds(delay)
+                kept = await self._store.mark_failed(
+                    claim,
+                    status=attempt.status,
+                    error=attempt.error or "failed",
+                    retry_at=retry_at,
+                    now=now,
+                )
+                outcome = "dead" if retry_at is None else "retry"
+        except Exception:
+            # Left claimed: the claim expires and another attempt follows.
+            log.exception("delivery_error")
+            return
+        if not kept:
+            outcome = "claim_lost"
+        if self._on_attempt is not None:
+            self._on_attempt(target, claim, attempt, outcome)
+        event = log.info if attempt.ok else log.warning
+        event(
+            "delivery_attempt",
+            outcome=outcome,
+            status=attempt.status,
+            error=attempt.error,
+            duration_ms=round(attempt.duration * 1000, 1),
+            **({"retry_at": retry_at.isoformat()} if outcome == "retry" and retry_at else {}),
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, let in-flight attempts finish within ``grace``, hand back the rest."""
+        self._stopping = True
+        self._wake.set()
+        pending = [t for tasks in self._inflight.values() for t in tasks]
+        if pending:
+            _, unfinished = await asyncio.wait(pending, timeout=grace)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                await asyncio.wait(unfinished)
+                self._log.warning("deliveries_interrupted", count=len(unfinished))
+        await self._store.release_claims()
+
+
+def _seconds(value: float) -> dt.timedelta:
+    return dt.timedelta(seconds=value)

@@ -1,0 +1,115 @@
+"""One poll of one room: walk the API's pages, store what is new, wake delivery."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from poller.hms.client import ApiError, HmsClient
+from poller.store.repo import Store, WebhookFilter
+from poller.timeutil import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    room_id: str
+    outcome: str  # "ok", "error" or "leased" (another instance owns the room)
+    pages: int = 0
+    events: int = 0
+    new: int = 0
+    deliveries: int = 0
+    skipped: int = 0
+    duration: float = 0.0
+
+
+class RoomPoller:
+    """Polls rooms; what is new is decided by the store, never by page position."""
+
+    def __init__(
+        self,
+        client: HmsClient,
+        store: Store,
+        webhooks: Sequence[WebhookFilter],
+        *,
+        event_types: Sequence[str],
+        page_size: int,
+        backfill: bool,
+        lease_ttl: float,
+        on_new_deliveries: Callable[[], None] = lambda: None,
+        on_poll: Callable[[PollResult], None] = lambda _: None,
+        logger: FilteringBoundLogger | None = None,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._webhooks = tuple(webhooks)
+        self._event_types = tuple(event_types)
+        self._page_size = page_size
+        self._backfill = backfill
+        self._lease_ttl = lease_ttl
+        self._on_new_deliveries = on_new_deliveries
+        self._on_poll = on_poll
+        self._log = logger or structlog.get_logger("poller.poll")
+
+    async def poll(self, room_id: str) -> PollResult:
+        """Poll one room once; API failures are logged and recorded, not raised."""
+        started = time.perf_counter()
+        lease = await self._store.acquire_room(room_id, ttl=self._lease_ttl, now=utcnow())
+        if lease is None:
+            return self._done(PollResult(room_id, "leased"), started)
+        # Until the room's first complete poll, what the API holds was there
+        # before us: delivered only with backfill.
+        deliver = self._backfill or lease.first_polled_at is not None
+        pages = events = new = deliveries = skipped = 0
+        error: str | None = None
+        try:
+            async for page in self._client.pages(
+                room_id, self._event_types, page_size=self._page_size
+            ):
+                outcome = await self._store.record_page(
+                    room_id, page.events, self._webhooks, deliver=deliver, now=utcnow()
+                )
+                pages += 1
+                events += len(page.events)
+                skipped += page.skipped
+                new += outcome.new
+                deliveries += outcome.deliveries
+                if outcome.deliveries:
+                    self._on_new_deliveries()
+        except ApiError as exc:
+            error = str(exc)
+        await self._store.finish_poll(room_id, error=error, now=utcnow())
+        result = PollResult(
+            room_id,
+            "error" if error else "ok",
+            pages,
+            events,
+            new,
+            deliveries,
+            skipped,
+        )
+        return self._done(result, started, error=error, backfill=not deliver)
+
+    def _done(self, result: PollResult, started: float, **extra: object) -> PollResult:
+        result = dataclasses.replace(result, duration=time.perf_counter() - started)
+        self._on_poll(result)
+        log = {"ok": self._log.info, "error": self._log.warning}.get(
+            result.outcome, self._log.debug
+        )
+        log(
+            "poll",
+            room_id=result.room_id,
+            outcome=result.outcome,
+            pages=result.pages,
+            events=result.events,
+            new=result.new,
+            deliveries=result.deliveries,
+            skipped=result.skipped,
+            duration_ms=round(result.duration * 1000, 1),
+            **{k: v for k, v in extra.items() if v},
+        )
+        return result

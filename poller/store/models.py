@@ -1,0 +1,111 @@
+"""The store's tables: seen events, per-room poll state, the delivery outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+# A naming convention makes constraint names stable across SQLite batch
+# migrations and PostgreSQL, so later migrations can address them by name.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite hands back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(dt.UTC)
+        # SQLite compares the stored text: keep one format by storing naive UTC.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+STATES = (PENDING, DELIVERED, DEAD)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(255), primary_key=True),  # the 100ms event id: what "seen" means
+    Column("room_id", String(255), nullable=False),
+    Column("type", String(255), nullable=False),
+    Column("timestamp", String(64), nullable=False),  # as the API wrote it
+    Column("seen_at", UTCDateTime(), nullable=False),
+    Column("body", Text, nullable=False),  # the exact JSON every webhook receives
+    Index(None, "seen_at"),
+)
+
+rooms = Table(
+    "rooms",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    # Set by the first complete poll ever: decides whether poll.backfill applies.
+    Column("first_polled_at", UTCDateTime(), nullable=True),
+    Column("last_polled_at", UTCDateTime(), nullable=True),
+    Column("last_success_at", UTCDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("lease_owner", String(255), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(255), ForeignKey("events.id", ondelete="CASCADE"), nullable=False),
+    Column("webhook", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("last_attempt_at", UTCDateTime(), nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    # A claim is a lease on one delivery: an instance that dies mid-attempt
+    # loses it when claimed_until passes, and the delivery is retried.
+    Column("claimed_by", String(255), nullable=True),
+    Column("claimed_until", UTCDateTime(), nullable=True),
+    UniqueConstraint("event_id", "webhook"),
+    CheckConstraint(f"state IN {STATES!r}", name="state"),
+    Index(None, "state", "webhook", "next_attempt_at"),
+)

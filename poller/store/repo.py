@@ -1,0 +1,403 @@
+"""Every query poller makes: seen events and outbox in one transaction, leases, claims."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Insert, and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from poller.events import Event
+from poller.store.models import DEAD, DELIVERED, PENDING, deliveries, events, rooms
+
+__all__ = ["Claim", "DeliveryRow", "PageOutcome", "RoomLease", "Store", "WebhookFilter"]
+
+
+class WebhookFilter(Protocol):
+    """What the store needs to know of a webhook to fan an event out to it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def matches(self, room_id: str, event_type: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PageOutcome:
+    new: int  # events not seen before
+    deliveries: int  # outbox rows created
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLease:
+    room_id: str
+    first_polled_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One delivery this instance now owns until its claim expires."""
+
+    delivery_id: int
+    event_id: str
+    webhook: str
+    attempts: int  # attempts made before this one
+    body: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    id: int
+    event_id: str
+    webhook: str
+    state: str
+    attempts: int
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime
+    last_attempt_at: dt.datetime | None
+    last_status: int | None
+    last_error: str | None
+
+
+class Store:
+    """The store: the source of truth for what was seen and what is owed."""
+
+    def __init__(self, engine: AsyncEngine, *, instance_id: str) -> None:
+        self.engine = engine
+        self.instance_id = instance_id
+        self._dialect = engine.dialect.name
+
+    def _insert(self, table: Any) -> Any:
+        # ON CONFLICT DO NOTHING lives in the dialects' own insert constructs.
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    async def record_page(
+        self,
+        room_id: str,
+        page: Sequence[Event],
+        webhooks: Iterable[WebhookFilter],
+        *,
+        deliver: bool,
+        now: dt.datetime,
+    ) -> PageOutcome:
+        """Store one page's new events and their outbox rows in one transaction."""
+        unique = {e.id: e for e in page}
+        if not unique:
+            return PageOutcome(0, 0)
+        rows = [
+            {
+                "id": e.id,
+                "room_id": room_id,
+                "type": e.type,
+                "timestamp": e.timestamp,
+                "seen_at": now,
+                "body": e.body,
+            }
+            for e in unique.values()
+        ]
+        stmt: Insert = (
+            self._insert(events)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(events.c.id)
+        )
+        targets = list(webhooks) if deliver else []
+        async with self.engine.begin() as conn:
+            # The unique key, not the page position, decides "new"; two
+            # instances racing on one event still insert it once.
+            new_ids = (await conn.execute(stmt)).scalars().all()
+            outbox = [
+                {
+                    "event_id": event_id,
+                    "webhook": w.name,
+                    "state": PENDING,
+                    "attempts": 0,
+                    "created_at": now,
+                    "next_attempt_at": now,
+                }
+                for event_id in new_ids
+                for w in targets
+                if w.matches(room_id, unique[event_id].type)
+            ]
+            if outbox:
+                await conn.execute(deliveries.insert(), outbox)
+        return PageOutcome(len(new_ids), len(outbox))
+
+    async def acquire_room(self, room_id: str, *, ttl: float, now: dt.datetime) -> RoomLease | None:
+        """Take or renew this instance's lease on a room; None when another instance holds it."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                self._insert(rooms).values(id=room_id).on_conflict_do_nothing(index_elements=["id"])
+            )
+            row = (
+                await conn.execute(
+                    update(rooms)
+                    .where(
+                        rooms.c.id == room_id,
+                        or_(
+                            rooms.c.lease_owner.is_(None),
+                            rooms.c.lease_owner == self.instance_id,
+                            rooms.c.lease_until < now,
+                        ),
+                    )
+                    .values(
+                        lease_owner=self.instance_id,
+                        lease_until=now + dt.timedelta(seconds=ttl),
+                        last_polled_at=now,
+                    )
+                    .returning(rooms.c.first_polled_at)
+                )
+            ).first()
+        return None if row is None else RoomLease(room_id, row.first_polled_at)
+
+    async def finish_poll(self, room_id: str, *, error: str | None, now: dt.datetime) -> None:
+        """Record a poll's outcome; the first complete poll ends the room's backfill phase."""
+        values: dict[str, Any] = {"last_error": error}
+        if error is None:
+            values |= {
+                "last_success_at": now,
+                "first_polled_at": func.coalesce(rooms.c.first_polled_at, now),
+            }
+        async with self.engine.begin() as conn:
+            await conn.execute(update(rooms).where(rooms.c.id == room_id).values(**values))
+
+    async def release_rooms(self) -> None:
+        """Give up this instance's room leases so another can take them at once."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(rooms)
+                .where(rooms.c.lease_owner == self.instance_id)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    async def claim(self, webhook: str, limit: int, *, ttl: float, now: dt.datetime) -> list[Claim]:
+        """Claim up to ``limit`` due deliveries of one webhook for ``ttl`` seconds."""
+        if limit <= 0:
+            return []
+        due = (
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.state == PENDING,
+                deliveries.c.webhook == webhook,
+                deliveries.c.next_attempt_at <= now,
+                or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now),
+            )
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .limit(limit)
+            # Several instances on PostgreSQL skip each other's rows instead of
+            # queueing on them; SQLite renders nothing (one writer anyway).
+            .with_for_update(skip_locked=True)
+        )
+        async with self.engine.begin() as conn:
+            claimed = (
+                await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(due.scalar_subquery()))
+                    .values(
+                        claimed_by=self.instance_id,
+                        claimed_until=now + dt.timedelta(seconds=ttl),
+                    )
+                    .returning(
+                        deliveries.c.id,
+                        deliveries.c.event_id,
+                        deliveries.c.attempts,
+                        deliveries.c.created_at,
+                    )
+                )
+            ).all()
+            if not claimed:
+                return []
+            bodies = await _bodies(conn, {row.event_id for row in claimed})
+        return sorted(
+            (
+                Claim(
+                    row.id,
+                    row.event_id,
+                    webhook,
+                    row.attempts,
+                    bodies[row.event_id],
+                    row.created_at,
+                )
+                for row in claimed
+            ),
+            key=lambda c: c.delivery_id,
+        )
+
+    async def mark_delivered(self, claim: Claim, *, status: int, now: dt.datetime) -> bool:
+        """Record a successful attempt; False when the claim had been lost meanwhile."""
+        return await self._finish_attempt(
+            claim,
+            now,
+            state=DELIVERED,
+            delivered_at=now,
+            last_status=status,
+            last_error=None,
+        )
+
+    async def mark_failed(
+        self,
+        claim: Claim,
+        *,
+        status: int | None,
+        error: str,
+        retry_at: dt.datetime | None,
+        now: dt.datetime,
+    ) -> bool:
+        """Record a failed attempt: pending again at ``retry_at``, or dead when it is None."""
+        values: dict[str, Any] = {"last_status": status, "last_error": error}
+        if retry_at is None:
+            values["state"] = DEAD
+        else:
+            values["next_attempt_at"] = retry_at
+        return await self._finish_attempt(claim, now, **values)
+
+    async def _finish_attempt(self, claim: Claim, now: dt.datetime, **values: Any) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.id == claim.delivery_id,
+                    deliveries.c.claimed_by == self.instance_id,
+                    deliveries.c.state == PENDING,
+                )
+                .values(
+                    attempts=deliveries.c.attempts + 1,
+                    last_attempt_at=now,
+                    claimed_by=None,
+                    claimed_until=None,
+                    **values,
+                )
+            )
+        return bool(result.rowcount)
+
+    async def release_claims(self, *, everyone: bool = False) -> int:
+        """Hand claimed deliveries back (ours, or all: a lone SQLite instance restarting)."""
+        owner = (
+            deliveries.c.claimed_by.is_not(None)
+            if everyone
+            else (deliveries.c.claimed_by == self.instance_id)
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(deliveries)
+                .where(owner, deliveries.c.state == PENDING)
+                .values(claimed_by=None, claimed_until=None)
+            )
+        return int(result.rowcount)
+
+    async def next_due(self, webhooks: Sequence[str]) -> dt.datetime | None:
+        """When the earliest unclaimed pending delivery of these webhooks falls due."""
+        if not webhooks:
+            return None
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(
+                select(func.min(deliveries.c.next_attempt_at)).where(
+                    deliveries.c.state == PENDING,
+                    deliveries.c.webhook.in_(webhooks),
+                    deliveries.c.claimed_until.is_(None),
+                )
+            )
+        return _aware(value)
+
+    async def outbox_counts(self) -> dict[tuple[str, str], int]:
+        """Delivery counts by (webhook, state)."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(deliveries.c.webhook, deliveries.c.state, func.count()).group_by(
+                    deliveries.c.webhook, deliveries.c.state
+                )
+            )
+            return {(w, s): int(n) for w, s, n in rows}
+
+    async def oldest_pending(self) -> dt.datetime | None:
+        """Creation time of the oldest delivery still owed."""
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(
+                select(func.min(deliveries.c.created_at)).where(deliveries.c.state == PENDING)
+            )
+        return _aware(value)
+
+    async def room_states(self) -> list[dict[str, Any]]:
+        """Every room's poll state, for `poller status`."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(rooms).order_by(rooms.c.id))
+            return [dict(row._mapping) for row in rows]
+
+    async def list_deliveries(
+        self, *, state: str | None = None, webhook: str | None = None, limit: int = 50
+    ) -> list[DeliveryRow]:
+        """The most recent deliveries, newest first, optionally filtered."""
+        query = select(
+            deliveries.c.id,
+            deliveries.c.event_id,
+            deliveries.c.webhook,
+            deliveries.c.state,
+            deliveries.c.attempts,
+            deliveries.c.created_at,
+            deliveries.c.next_attempt_at,
+            deliveries.c.last_attempt_at,
+            deliveries.c.last_status,
+            deliveries.c.last_error,
+        )
+        if state is not None:
+            query = query.where(deliveries.c.state == state)
+        if webhook is not None:
+            query = query.where(deliveries.c.webhook == webhook)
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(query.order_by(deliveries.c.id.desc()).limit(limit))
+            return [DeliveryRow(**row._mapping) for row in rows]
+
+    async def retry(
+        self, *, ids: Sequence[int] = (), webhook: str | None = None, now: dt.datetime
+    ) -> int:
+        """Make dead deliveries pending again with a fresh schedule; returns how many."""
+        cond = [deliveries.c.state == DEAD]
+        if ids:
+            cond.append(deliveries.c.id.in_(ids))
+        if webhook is not None:
+            cond.append(deliveries.c.webhook == webhook)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(deliveries)
+                .where(and_(*cond))
+                .values(state=PENDING, attempts=0, next_attempt_at=now, last_error=None)
+            )
+        return int(result.rowcount)
+
+    async def prune(self, *, seen_before: dt.datetime, batch: int = 1000) -> int:
+        """Forget events seen before ``seen_before`` whose deliveries are all done."""
+        owed = exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state != DELIVERED)
+        total = 0
+        while True:
+            victims = select(events.c.id).where(events.c.seen_at < seen_before, ~owed).limit(batch)
+            async with self.engine.begin() as conn:
+                # Deleting the outbox rows explicitly keeps this correct even
+                # where foreign keys are not enforced.
+                ids = (await conn.execute(victims)).scalars().all()
+                if not ids:
+                    return total
+                await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(ids)))
+                await conn.execute(delete(events).where(events.c.id.in_(ids)))
+            total += len(ids)
+
+
+async def _bodies(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
+    rows = await conn.execute(select(events.c.id, events.c.body).where(events.c.id.in_(ids)))
+    return {row.id: row.body for row in rows}
+
+
+def _aware(value: Any) -> dt.datetime | None:
+    # Aggregates bypass the column type, so SQLite hands back a naive value or text.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    assert isinstance(value, dt.datetime)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
