@@ -249,6 +249,7 @@ class Simulator:
         next_token = ""
         if offset + limit < len(snapshot.events):
             next_token = f"{self._order.getrandbits(128):032x}"
+            self._forget_expired_cursors()
             self._cursors[next_token] = _Cursor(snapshot, offset + limit, time.monotonic())
         if bad_event:
             # Everything but the id, so only the id check can reject it.
@@ -332,14 +333,18 @@ class Simulator:
         return matched
 
     def _cursor(self, token: str) -> _Cursor | None:
-        """Look a ``next`` token up, forgetting expired ones (oldest first, so this is cheap)."""
+        """Look up a ``next`` token that has not expired."""
+        self._forget_expired_cursors()
+        return self._cursors.get(token)
+
+    def _forget_expired_cursors(self) -> None:
+        # Cursors are kept in creation order, so expired ones are all at the front.
         horizon = time.monotonic() - self.next_ttl
         while self._cursors:
             oldest = next(iter(self._cursors.values()))
             if oldest.created >= horizon:
                 break
             self._cursors.popitem(last=False)
-        return self._cursors.get(token)
 
     def _object_id(self) -> str:
         return _object_id(self._ids)
