@@ -87,3 +87,4 @@ class Scheduler:
         if self._scheduler.running:
             # Nothing is running any more, so shutdown() has nothing to cancel.
             self._scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop turn

@@ -1,0 +1,98 @@
+"""Log set-up: JSON lines, console output, stdlib routing, secret redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from poller import log
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers, root.level = handlers, level
+    structlog.reset_defaults()
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_carry_event_level_logger_and_timestamp() -> None:
+    out = io.StringIO()
+    log.configure("info", "json", stream=out)
+    structlog.get_logger("poller.poll").info("poll", room_id="r1", new=2)
+    structlog.get_logger("poller.poll").debug("hidden")
+
+    [entry] = lines(out)
+    assert entry["event"] == "poll"
+    assert entry["level"] == "info"
+    assert entry["room_id"] == "r1"
+    assert entry["new"] == 2
+    assert entry["logger"] == "poller.poll"
+    assert str(entry["timestamp"]).endswith("Z")
+
+
+def test_stdlib_loggers_share_the_renderer_and_chatty_ones_are_quiet() -> None:
+    out = io.StringIO()
+    log.configure("info", "json", stream=out)
+    logging.getLogger("aiohttp.client").warning("connection reset by %s", "peer")
+    logging.getLogger("apscheduler.executors.default").info("Running job ...")
+
+    [entry] = lines(out)
+    assert entry["event"] == "connection reset by peer"
+    assert entry["level"] == "warning"
+    assert entry["logger"] == "aiohttp.client"
+
+
+def test_auto_format_is_json_off_a_tty_and_console_is_readable() -> None:
+    out = io.StringIO()
+    log.configure("info", "auto", stream=out)
+    structlog.get_logger().info("started", rooms=3)
+    assert json.loads(out.getvalue())["rooms"] == 3
+
+    out = io.StringIO()
+    log.configure("info", "console", stream=out)
+    structlog.get_logger().info("started", rooms=3)
+    text = out.getvalue()
+    assert "started" in text
+    assert "rooms=3" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+
+
+def test_known_secrets_are_masked_everywhere_in_an_event() -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    out = io.StringIO()
+    log.configure("info", "json", stream=out, secrets=[secret, "app-secret-value", "short"])
+    logger = structlog.get_logger()
+    logger.info("oops", detail=f"key={secret}", nested={"a": ["x", "app-secret-value"]})
+    logging.getLogger("aiohttp").error("header was %s", secret)
+
+    text = out.getvalue()
+    assert secret not in text
+    assert "app-secret-value" not in text
+    first, second = lines(out)
+    assert first["detail"] == "key=***"
+    assert first["nested"] == {"a": ["x", "***"]}
+    assert second["event"] == "header was ***"
+
+
+def test_exceptions_are_structured_in_json() -> None:
+    out = io.StringIO()
+    log.configure("info", "json", stream=out)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        structlog.get_logger().exception("failed")
+    [entry] = lines(out)
+    assert entry["event"] == "failed"
+    assert "RuntimeError" in json.dumps(entry["exception"])
