@@ -26,10 +26,12 @@ from poller.delivery.worker import DeliveryWorker
 from poller.errors import ConfigError
 from poller.hms.client import HmsClient
 from poller.hms.token import MintedTokens, StaticToken, TokenProvider
-from poller.poll import RoomPoller
+from poller.metrics import Metrics
+from poller.poll import PollResult, RoomPoller
 from poller.schedule import Scheduler
 from poller.sdnotify import Notifier
-from poller.store.db import create_engine, migrate
+from poller.server import Check, HealthServer
+from poller.store.db import create_engine, migrate, schema_revisions
 from poller.store.repo import Store
 from poller.timeutil import utcnow
 
@@ -41,6 +43,8 @@ PRUNE_INTERVAL = 3600.0
 # A delivery claimed by an instance that died is retried after this much
 # longer than one attempt may take.
 CLAIM_MARGIN = 30.0
+# The delivery loop turns at least every IDLE_WAIT; this long without a turn is a hang.
+STALL_AFTER = 60.0
 
 
 def instance_id(config: Config) -> str:
@@ -110,6 +114,11 @@ class Daemon:
         self.notifier = notifier
         self.log = structlog.get_logger("poller")
         self.stopping = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.last_poll_at: float | None = None  # monotonic, any poll that did its job
+        self.metrics = Metrics(instance=store.instance_id, version=__version__)
+        tokens = _tokens(config)
+        self.metrics.watch_tokens(tokens)
         self._api_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=config.poll.max_concurrency * 2),
             headers={"User-Agent": USER_AGENT},
@@ -123,9 +132,10 @@ class Daemon:
         self.client = HmsClient(
             self._api_session,
             config.hms.base_url,
-            _tokens(config),
+            tokens,
             request_timeout=config.hms.request_timeout,
             limiter=asyncio.Semaphore(config.poll.max_concurrency),
+            on_response=self.metrics.observe_api,
         )
         self.worker = DeliveryWorker(
             store,
@@ -133,6 +143,7 @@ class Daemon:
             [Target.from_config(w) for w in config.webhooks],
             RetryPolicy(config.delivery.retry_schedule),
             claim_ttl=config.delivery.timeout + CLAIM_MARGIN,
+            on_attempt=self.metrics.observe_attempt,
         )
         interval = config.poll.interval
         self.poller = RoomPoller(
@@ -144,6 +155,7 @@ class Daemon:
             backfill=config.poll.backfill,
             lease_ttl=max(3 * interval, 30.0),
             on_new_deliveries=self.worker.wake,
+            on_poll=self._polled,
         )
         self.scheduler = Scheduler()
         rooms = config.rooms
@@ -158,6 +170,56 @@ class Daemon:
                 timeout=max(3 * interval, 60.0),
             )
         self.scheduler.every("prune", PRUNE_INTERVAL, self.prune, first_in=60.0, timeout=600.0)
+        self.server = (
+            None
+            if config.server is None
+            else HealthServer(
+                config.server.host,
+                config.server.port,
+                metrics=self.metrics,
+                refresh_metrics=lambda: self.metrics.refresh(
+                    store, [w.name for w in config.webhooks]
+                ),
+                live=self.live_checks,
+                ready=self.ready_checks,
+            )
+        )
+        self._worker_task: asyncio.Task[None] | None = None
+
+    def _polled(self, result: PollResult) -> None:
+        self.metrics.observe_poll(result)
+        if result.outcome != "error":
+            self.last_poll_at = time.monotonic()
+
+    def live_checks(self) -> list[Check]:
+        """Is the process doing anything at all? (/healthz)"""
+        worker = self._worker_task
+        loop_age = time.monotonic() - self.worker.last_loop_at
+        return [
+            Check("scheduler", self.scheduler.running),
+            Check(
+                "delivery_loop",
+                worker is not None and not worker.done() and loop_age < STALL_AFTER,
+                f"last turn {loop_age:.1f}s ago",
+            ),
+        ]
+
+    async def ready_checks(self) -> list[Check]:
+        """Is it doing its job: store usable, schema current, polls succeeding? (/readyz)"""
+        checks = self.live_checks()
+        try:
+            current, head = await schema_revisions(self.store.engine)
+            checks.append(Check("store", True))
+            checks.append(Check("schema", current == head, f"at {current}, expected {head}"))
+        except (SQLAlchemyError, OSError) as exc:
+            checks.append(Check("store", False, type(exc).__name__))
+        window = max(3 * self.config.poll.interval, 60.0)
+        now = time.monotonic()
+        last = self.last_poll_at
+        recent = (last is not None and now - last <= window) or now - self.started_at <= window
+        detail = "none yet" if last is None else f"{now - last:.1f}s ago"
+        checks.append(Check("polls", recent, f"last successful poll {detail}"))
+        return checks
 
     async def prune(self) -> None:
         """Forget seen events the API can no longer return."""
@@ -172,7 +234,9 @@ class Daemon:
             released = await self.store.release_claims(everyone=True)
             if released:
                 self.log.info("claims_released", count=released)
+        await self._start_server()
         worker_task = asyncio.create_task(self.worker.run(), name="delivery")
+        self._worker_task = worker_task
         self.scheduler.start()
         watchdog = asyncio.create_task(self._watchdog(worker_task), name="watchdog")
         status = (
@@ -208,9 +272,25 @@ class Daemon:
             await watchdog
         with contextlib.suppress(SQLAlchemyError, OSError):
             await self.store.release_rooms()
+        await self._close()
+        self.log.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))
+
+    async def _start_server(self) -> None:
+        if self.server is None:
+            return
+        try:
+            await self.server.start()
+        except OSError as exc:
+            await self._close()
+            raise ConfigError(
+                self.config.path, "server.listen", f"cannot listen: {exc.strerror or exc}"
+            ) from None
+
+    async def _close(self) -> None:
         await self._api_session.close()
         await self._hook_session.close()
-        self.log.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))
+        if self.server is not None:
+            await self.server.stop()
 
     async def _watchdog(self, worker_task: asyncio.Task[None]) -> None:
         interval = self.notifier.watchdog_interval
@@ -219,8 +299,7 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             # Ping only while both halves live; systemd restarts us otherwise.
-            stalled = time.monotonic() - self.worker.last_loop_at > 60.0
-            if self.scheduler.running and not worker_task.done() and not stalled:
+            if all(check.ok for check in self.live_checks()):
                 self.notifier.watchdog()
 
 

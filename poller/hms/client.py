@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import email.utils
 import json
-import math
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +17,7 @@ import structlog.typing
 
 from poller.events import Event
 from poller.hms.token import TokenProvider
+from poller.timeutil import parse_retry_after
 
 __all__ = ["ApiError", "HmsClient", "Page"]
 
@@ -74,6 +72,7 @@ class HmsClient:
         retry_after_max: float = 300.0,
         limiter: asyncio.Semaphore | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
+        on_response: Callable[[str, float], None] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -85,6 +84,8 @@ class HmsClient:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._retry_after_max = retry_after_max
+        # Told each response's status ("error" for no response) and duration, for metrics.
+        self._on_response = on_response or (lambda _status, _seconds: None)
         self._limiter: contextlib.AbstractAsyncContextManager[Any] = (
             limiter if limiter is not None else contextlib.nullcontext()
         )
@@ -156,10 +157,13 @@ class HmsClient:
         self, room_id: str, params: list[tuple[str, str]], token: str
     ) -> Page | _Failure:
         """Make one request: a Page, a failure worth retrying, or ApiError for a refusal."""
+        started = time.perf_counter()
         try:
             status, headers, body = await self._request(params, token)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._on_response("error", time.perf_counter() - started)
             return _Failure(f"network error ({type(exc).__name__})")
+        self._on_response(str(status), time.perf_counter() - started)
         if 200 <= status < 300:
             try:
                 return self._parse_page(room_id, body)
@@ -169,7 +173,7 @@ class HmsClient:
         if status in (401, 403) or status >= 500:
             return _Failure(detail, status)
         if status == 429:
-            return _Failure(detail, status, _retry_after(headers))
+            return _Failure(detail, status, parse_retry_after(headers.get("Retry-After")))
         raise ApiError(f"GET {EVENTS_PATH} for room {room_id}: {detail}", status)
 
     async def _request(
@@ -254,26 +258,6 @@ def _to_event(obj: dict[str, Any], room_id: str) -> Event:
         room_id=room_id,
         body=json.dumps(obj, separators=(",", ":"), ensure_ascii=False),
     )
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Parse Retry-After (delta seconds or an HTTP date) into seconds; None if absent or bad."""
-    value = headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # "-0000" means UTC with unknown origin; still UTC
-            when = when.replace(tzinfo=datetime.UTC)
-        seconds = when.timestamp() - time.time()
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _describe(status: int | None, body: bytes, token: str) -> str:

@@ -1,0 +1,143 @@
+"""Prometheus metrics, on a registry of our own; labels are bounded (no ids, no secrets)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from poller.delivery.sender import Attempt, Target
+from poller.hms.token import TokenProvider
+from poller.poll import PollResult
+from poller.store.models import STATES
+from poller.store.repo import Claim, Store
+from poller.timeutil import utcnow
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000)
+
+
+class _TokenRenewals(Collector):
+    def __init__(self, tokens: TokenProvider) -> None:
+        self._tokens = tokens
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "poller_token_renewals",
+            "Management tokens minted (the first one included).",
+            value=self._tokens.renewals,
+        )
+
+
+class Metrics:
+    """Every metric poller exports, updated by callbacks from the poller and the worker."""
+
+    def __init__(self, *, instance: str, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        info = Gauge(
+            "poller_info",
+            "Version and instance of this poller.",
+            ["version", "instance"],
+            registry=r,
+        )
+        info.labels(version=version, instance=instance).set(1)
+        self.polls = Counter(
+            "poller_polls", "Room polls by outcome (ok, error, leased).", ["outcome"], registry=r
+        )
+        self.poll_duration = Histogram(
+            "poller_poll_duration_seconds", "Time to walk every page of one room.", registry=r
+        )
+        self.last_poll_success = Gauge(
+            "poller_last_successful_poll_timestamp_seconds",
+            "Unix time of the latest poll that completed without error.",
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "poller_api_requests",
+            "100ms API responses by HTTP status ('error': no response).",
+            ["status"],
+            registry=r,
+        )
+        self.api_latency = Histogram(
+            "poller_api_request_duration_seconds", "100ms API request latency.", registry=r
+        )
+        self.events_seen = Counter(
+            "poller_events_seen", "Events stored for the first time.", registry=r
+        )
+        self.events_skipped = Counter(
+            "poller_events_malformed", "Malformed events skipped in API pages.", registry=r
+        )
+        self.deliveries = Counter(
+            "poller_delivery_attempts",
+            "Delivery attempts by webhook and outcome (delivered, retry, dead, claim_lost).",
+            ["webhook", "outcome"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "poller_delivery_latency_seconds",
+            "From an event being seen to its webhook answering 2xx.",
+            ["webhook"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbox = Gauge(
+            "poller_outbox_deliveries",
+            "Deliveries in the store by webhook and state.",
+            ["webhook", "state"],
+            registry=r,
+        )
+        self.scrape_errors = Counter(
+            "poller_metrics_refresh_errors", "Scrapes whose store read failed.", registry=r
+        )
+        self.oldest_pending = Gauge(
+            "poller_oldest_pending_delivery_age_seconds",
+            "Age of the oldest delivery still owed (0 when none).",
+            registry=r,
+        )
+
+    def watch_tokens(self, tokens: TokenProvider) -> None:
+        """Export the token provider's renewal count."""
+        self.registry.register(_TokenRenewals(tokens))
+
+    def observe_poll(self, result: PollResult) -> None:
+        self.polls.labels(outcome=result.outcome).inc()
+        if result.outcome == "leased":
+            return
+        self.poll_duration.observe(result.duration)
+        self.events_seen.inc(result.new)
+        self.events_skipped.inc(result.skipped)
+        if result.outcome == "ok":
+            self.last_poll_success.set(time.time())
+
+    def observe_api(self, status: str, seconds: float) -> None:
+        self.api_requests.labels(status=status).inc()
+        self.api_latency.observe(seconds)
+
+    def observe_attempt(self, target: Target, claim: Claim, attempt: Attempt, outcome: str) -> None:
+        self.deliveries.labels(webhook=target.name, outcome=outcome).inc()
+        if outcome == "delivered":
+            seen_for = (utcnow() - claim.created_at).total_seconds()
+            self.delivery_latency.labels(webhook=target.name).observe(max(0.0, seen_for))
+
+    async def refresh(self, store: Store, webhooks: list[str]) -> None:
+        """Read the outbox gauges from the store (at scrape time: they are the store's truth)."""
+        counts = await store.outbox_counts()
+        for name in sorted(set(webhooks) | {w for w, _ in counts}):
+            for state in STATES:
+                self.outbox.labels(webhook=name, state=state).set(counts.get((name, state), 0))
+        oldest = await store.oldest_pending()
+        self.oldest_pending.set(0 if oldest is None else (utcnow() - oldest).total_seconds())
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
