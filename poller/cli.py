@@ -85,6 +85,31 @@ def cmd_deliveries(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
+    """Ask the running daemon's /healthz (for container HEALTHCHECKs); 0 when healthy."""
+    import urllib.error
+    import urllib.request
+
+    if config.server is None:
+        print("healthcheck needs [server] listen in the config", file=sys.stderr)
+        return 1
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard listen is reachable on loopback
+    elif ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{config.server.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            print(resp.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(), file=sys.stderr)
+    except OSError as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; ``-c`` is accepted before or after the command."""
     config_help = "config file (default: $POLLER_CONFIG, else /etc/poller/config.toml)"
@@ -108,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", cmd_check_config, "validate the config and print a summary")
     add("migrate", cmd_migrate, "bring the store schema up to date")
     add("status", cmd_status, "show room poll states and the outbox")
+    hc = add("healthcheck", cmd_healthcheck, "exit 0 when the running daemon's /healthz is OK")
+    hc.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     dl = add("deliveries", cmd_deliveries, "list deliveries or retry dead ones")
     dl.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
     dl.add_argument("--state", choices=["pending", "delivered", "dead"])
