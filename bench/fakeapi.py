@@ -1,0 +1,171 @@
+"""A lean fake of ``GET /analytics/events`` for benchmarks, run in its own process.
+
+``python -m bench.fakeapi --rooms N [--sparse K] [--backlog E --backlog-rooms R]``
+prints ``PORT <n>`` on stdout once it listens on 127.0.0.1. It accepts any
+Bearer token, serves pre-serialised events with snapshot paging (``next`` is
+``offset:total``), and counts requests. Control and stats endpoints:
+
+- ``GET /_stats``: ``{"requests", "injected", "inject_done"}``
+- ``GET /_visible``: ``{event id: monotonic time it became visible}``
+- ``POST /_inject?rate=R&count=C&rooms=N``: append C events at R per second,
+  round-robin over the first N rooms, recording when each became visible.
+
+``time.monotonic()`` is CLOCK_MONOTONIC, shared by every process on the host,
+so these times compare directly with the sink's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+from bench.events import backlog, compact, make_event, room_ids
+
+_JSON = "application/json"
+
+
+class FakeApi:
+    """Rooms of pre-serialised events and the counters the benchmark reads."""
+
+    def __init__(self, rooms: dict[str, list[bytes]], seed: int) -> None:
+        self.rooms = rooms
+        self.order = list(rooms)
+        self.requests = 0
+        self.injected = 0
+        self.inject_done = False
+        self.visible: dict[str, float] = {}
+        self._rng = random.Random(seed)
+        self._inject_task: asyncio.Task[None] | None = None
+        self._empty: dict[int, bytes] = {}
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/analytics/events", self.events)
+        app.router.add_get("/_stats", self.stats)
+        app.router.add_get("/_visible", self.visible_times)
+        app.router.add_post("/_inject", self.inject)
+        return app
+
+    async def events(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return web.Response(status=401, body=b'{"code":401,"message":"no token"}')
+        query = request.query
+        room = query.get("room_id", "")
+        limit = int(query.get("limit", "10"))
+        events = self.rooms.get(room)
+        if not events:
+            body = self._empty.get(limit)
+            if body is None:
+                body = b'{"limit":%d,"total":0,"next":"","events":[]}' % limit
+                self._empty[limit] = body
+            return web.Response(body=body, content_type=_JSON)
+        start = query.get("start")
+        if start:
+            offset_s, _, total_s = start.partition(":")
+            offset, total = int(offset_s), int(total_s)
+        else:
+            offset, total = 0, len(events)  # the snapshot: events appended later wait
+        end = min(offset + limit, total)
+        nxt = b"%d:%d" % (end, total) if end < total else b""
+        body = b'{"limit":%d,"total":%d,"next":"%s","events":[%s]}' % (
+            limit,
+            total,
+            nxt,
+            b",".join(events[offset:end]),
+        )
+        return web.Response(body=body, content_type=_JSON)
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "requests": self.requests,
+                "injected": self.injected,
+                "inject_done": self.inject_done,
+            }
+        )
+
+    async def visible_times(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.visible)
+
+    async def inject(self, request: web.Request) -> web.Response:
+        if self._inject_task is not None:
+            return web.Response(status=409)
+        rate = float(request.query["rate"])
+        count = int(request.query["count"])
+        rooms = self.order[: int(request.query["rooms"])]
+        self._inject_task = asyncio.create_task(self._inject(rate, count, rooms))
+        return web.Response(status=202)
+
+    async def _inject(self, rate: float, count: int, rooms: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(count):
+            delay = started + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            room = rooms[i % len(rooms)]
+            event = make_event(self._rng, room)
+            self.rooms[room].append(compact(event).encode())
+            # Visible from this instant: the next query of the room returns it.
+            self.visible[event["id"]] = time.monotonic()
+            self.injected += 1
+        self.inject_done = True
+
+
+def build_rooms(
+    count: int, sparse: int, backlog_events: int, backlog_rooms: int, seed: int
+) -> dict[str, list[bytes]]:
+    """``count`` rooms, every ``sparse``-th holding one event, plus a backlog on the first rooms."""
+    ids = room_ids(count)
+    rooms: dict[str, list[bytes]] = {r: [] for r in ids}
+    if sparse > 0:
+        rng = random.Random(seed + 7)
+        for i in range(0, count, sparse):
+            rooms[ids[i]].append(compact(make_event(rng, ids[i])).encode())
+    if backlog_events:
+        for room, event in backlog(ids[:backlog_rooms], backlog_events, seed):
+            rooms[room].append(compact(event).encode())
+    return rooms
+
+
+async def serve(api: FakeApi, port: int) -> None:
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    await site.start()
+    bound = runner.addresses[0][1]
+    print(f"PORT {bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fakeapi")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rooms", type=int, required=True)
+    parser.add_argument("--sparse", type=int, default=0, help="one event in every K-th room")
+    parser.add_argument("--backlog", type=int, default=0, help="events preloaded")
+    parser.add_argument("--backlog-rooms", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    rooms = build_rooms(args.rooms, args.sparse, args.backlog, args.backlog_rooms, args.seed)
+    asyncio.run(serve(FakeApi(rooms, args.seed), args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["FakeApi", "build_rooms", "main"]
