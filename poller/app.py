@@ -26,6 +26,7 @@ from poller.delivery.worker import DeliveryWorker
 from poller.errors import ConfigError
 from poller.hms.client import HmsClient
 from poller.hms.token import MintedTokens, StaticToken, TokenProvider
+from poller.membership import Membership
 from poller.metrics import Metrics
 from poller.poll import PollResult, RoomPoller
 from poller.schedule import Scheduler
@@ -40,9 +41,17 @@ USER_AGENT = f"poller/{__version__}"
 # can no longer return it, with a margin for clock skew.
 RETENTION = dt.timedelta(days=31)
 PRUNE_INTERVAL = 3600.0
-# A delivery claimed by an instance that died is retried after this much
-# longer than one attempt may take.
-CLAIM_MARGIN = 30.0
+
+
+def claim_ttl(timeout: float) -> float:
+    """How long a delivery stays with the instance that claimed it.
+
+    Past one attempt's timeout, with room for a slow store write of the outcome;
+    a delivery claimed by an instance that died is retried after this.
+    """
+    return 2 * timeout + 5.0
+
+
 # The delivery loop turns at least every IDLE_WAIT; this long without a turn is a hang.
 STALL_AFTER = 60.0
 
@@ -115,6 +124,7 @@ class Daemon:
         self.log = structlog.get_logger("poller")
         self.stopping = asyncio.Event()
         self.started_at = time.monotonic()
+        self.started_at_utc = utcnow()
         self.last_poll_at: float | None = None  # monotonic, any poll that did its job
         self.metrics = Metrics(instance=store.instance_id, version=__version__)
         tokens = _tokens(config)
@@ -142,10 +152,11 @@ class Daemon:
             Sender(self._hook_session, timeout=config.delivery.timeout, user_agent=USER_AGENT),
             [Target.from_config(w) for w in config.webhooks],
             RetryPolicy(config.delivery.retry_schedule),
-            claim_ttl=config.delivery.timeout + CLAIM_MARGIN,
+            claim_ttl=claim_ttl(config.delivery.timeout),
             on_attempt=self.metrics.observe_attempt,
         )
         interval = config.poll.interval
+        self.membership = Membership(store.instance_id)
         self.poller = RoomPoller(
             self.client,
             store,
@@ -153,7 +164,8 @@ class Daemon:
             event_types=config.hms.event_types,
             page_size=config.poll.page_size,
             backfill=config.poll.backfill,
-            lease_ttl=max(3 * interval, 30.0),
+            lease_ttl=config.poll.lease_ttl,
+            is_mine=self.membership.is_mine,
             on_new_deliveries=self.worker.wake,
             on_poll=self._polled,
         )
@@ -169,6 +181,13 @@ class Daemon:
                 jitter=min(interval * 0.1, 5.0),
                 timeout=max(3 * interval, 60.0),
             )
+        self.scheduler.every(
+            "heartbeat",
+            self.heartbeat_interval,
+            self.heartbeat,
+            first_in=self.heartbeat_interval,
+            timeout=config.poll.lease_ttl,
+        )
         self.scheduler.every("prune", PRUNE_INTERVAL, self.prune, first_in=60.0, timeout=600.0)
         self.server = (
             None
@@ -221,6 +240,19 @@ class Daemon:
         checks.append(Check("polls", recent, f"last successful poll {detail}"))
         return checks
 
+    @property
+    def heartbeat_interval(self) -> float:
+        return min(5.0, self.config.poll.lease_ttl / 3)
+
+    async def heartbeat(self) -> None:
+        """Tell the store we live and learn who else does; rooms follow the live set."""
+        live = await self.store.heartbeat(
+            ttl=self.config.poll.lease_ttl, now=utcnow(), started_at=self.started_at_utc
+        )
+        if self.membership.update(live):
+            mine = sum(self.membership.is_mine(r.id) for r in self.config.rooms)
+            self.log.info("instances_changed", instances=list(self.membership.live), rooms=mine)
+
     async def prune(self) -> None:
         """Forget seen events the API can no longer return."""
         removed = await self.store.prune(seen_before=utcnow() - RETENTION)
@@ -229,12 +261,16 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until ``stopping`` is set, then drain within the shutdown grace."""
+        # Every log event of this daemon names its instance (several may share a store).
+        structlog.contextvars.bind_contextvars(instance=self.store.instance_id)
         if self.store.engine.dialect.name == "sqlite":
-            # One instance per SQLite file: claims left by a killed run are ours.
-            released = await self.store.release_claims(everyone=True)
-            if released:
-                self.log.info("claims_released", count=released)
+            # One instance per SQLite file: what a killed run held is ours now.
+            claims, leases = await self.store.take_over()
+            if claims or leases:
+                self.log.info("took_over", claims=claims, leases=leases)
         await self._start_server()
+        # Join before the first poll, so rooms are spread from the start.
+        await self.heartbeat()
         worker_task = asyncio.create_task(self.worker.run(), name="delivery")
         self._worker_task = worker_task
         self.scheduler.start()
@@ -272,6 +308,7 @@ class Daemon:
             await watchdog
         with contextlib.suppress(SQLAlchemyError, OSError):
             await self.store.release_rooms()
+            await self.store.deregister()
         await self._close()
         self.log.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))
 

@@ -79,6 +79,7 @@ class PollConfig:
     page_size: int  # 1..100
     backfill: bool
     max_concurrency: int  # cap on concurrent API requests across all rooms
+    lease_ttl: float  # how long a room stays with an instance that stopped renewing it
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +248,7 @@ _HMS_KEYS = (
     "event_types",
     "request_timeout",
 )
-_POLL_KEYS = ("interval", "page_size", "backfill", "max_concurrency")
+_POLL_KEYS = ("interval", "page_size", "backfill", "max_concurrency", "lease_ttl")
 _STORE_KEYS = ("url",)
 _DELIVERY_KEYS = ("timeout", "retry_schedule", "max_concurrency")
 _SERVER_KEYS = ("listen",)
@@ -612,11 +613,15 @@ def _read_hms(top: _Table) -> HmsConfig:
 
 def _read_poll(top: _Table) -> PollConfig:
     t = top.table("poll", _POLL_KEYS)
+    interval = t.duration("interval", 30.0)
     return PollConfig(
-        interval=t.duration("interval", 30.0),
+        interval=interval,
         page_size=t.integer("page_size", 100, 1, 100),
         backfill=t.boolean("backfill", True),
         max_concurrency=t.integer("max_concurrency", 8, 1),
+        # Long enough to survive a few slow polls, short enough that a dead
+        # instance's rooms move on within a minute or so.
+        lease_ttl=t.duration("lease_ttl", max(3 * interval, 30.0)),
     )
 
 
@@ -874,7 +879,8 @@ def describe(config: Config) -> str:
         f"event types: {', '.join(hms.event_types)}",
         f"polling:     every {format_duration(poll.interval)}, page size {poll.page_size}, "
         f"backfill {'on' if poll.backfill else 'off'}, "
-        f"up to {poll.max_concurrency} concurrent requests",
+        f"up to {poll.max_concurrency} concurrent requests, "
+        f"room leases {format_duration(poll.lease_ttl)}",
         f"store:       {config.store.masked_url()}",
         f"delivery:    timeout {format_duration(delivery.timeout)}, {retries}",
         f"server:      {_listen(config.server) if config.server else 'disabled'}",

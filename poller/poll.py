@@ -18,7 +18,7 @@ from poller.timeutil import utcnow
 @dataclass(frozen=True, slots=True)
 class PollResult:
     room_id: str
-    outcome: str  # "ok", "error" or "leased" (another instance owns the room)
+    outcome: str  # "ok", "error" or "leased" (the room is another instance's)
     pages: int = 0
     events: int = 0
     new: int = 0
@@ -40,6 +40,7 @@ class RoomPoller:
         page_size: int,
         backfill: bool,
         lease_ttl: float,
+        is_mine: Callable[[str], bool] = lambda _room_id: True,
         on_new_deliveries: Callable[[], None] = lambda: None,
         on_poll: Callable[[PollResult], None] = lambda _: None,
         logger: FilteringBoundLogger | None = None,
@@ -51,6 +52,7 @@ class RoomPoller:
         self._page_size = page_size
         self._backfill = backfill
         self._lease_ttl = lease_ttl
+        self._is_mine = is_mine
         self._on_new_deliveries = on_new_deliveries
         self._on_poll = on_poll
         self._log = logger or structlog.get_logger("poller.poll")
@@ -58,7 +60,9 @@ class RoomPoller:
     async def poll(self, room_id: str) -> PollResult:
         """Poll one room once; API failures are logged and recorded, not raised."""
         started = time.perf_counter()
-        lease = await self._store.acquire_room(room_id, ttl=self._lease_ttl, now=utcnow())
+        lease = await self._store.acquire_room(
+            room_id, ttl=self._lease_ttl, now=utcnow(), preferred=self._is_mine(room_id)
+        )
         if lease is None:
             return self._done(PollResult(room_id, "leased"), started)
         # Until the room's first complete poll, what the API holds was there

@@ -32,9 +32,18 @@ async def status(config: Config) -> str:
         if current != head:
             return f"store schema is at {current}, this version needs {head}: run `poller migrate`"
         rooms = {row["id"]: row for row in await store.room_states()}
+        instances = await store.instance_states()
         counts = await store.outbox_counts()
         oldest = await store.oldest_pending()
-    lines = [f"store: {config.store.masked_url()} (schema {current})", "rooms:"]
+    lines = [f"store: {config.store.masked_url()} (schema {current})", "instances:"]
+    for inst in instances:
+        lines.append(
+            f"  {inst['id']}: started {_ago(inst['started_at'], now)}, "
+            f"last heartbeat {_ago(inst['heartbeat_at'], now)}"
+        )
+    if not instances:
+        lines.append("  none running")
+    lines.append("rooms:")
     for room in config.rooms:
         row = rooms.get(room.id)
         if row is None:

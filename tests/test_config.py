@@ -117,6 +117,7 @@ interval = "1m"
 page_size = 50
 backfill = false
 max_concurrency = 3
+lease_ttl = "2m"
 
 [store]
 url = "postgresql://poller:{DB_PASSWORD}@db.example.com:5432/poller"
@@ -173,7 +174,9 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
             management_token=None,
             request_timeout=5.0,
         ),
-        poll=PollConfig(interval=60.0, page_size=50, backfill=False, max_concurrency=3),
+        poll=PollConfig(
+            interval=60.0, page_size=50, backfill=False, max_concurrency=3, lease_ttl=120.0
+        ),
         store=StoreConfig(
             url=Secret(f"postgresql+asyncpg://poller:{DB_PASSWORD}@db.example.com:5432/poller")
         ),
@@ -219,7 +222,9 @@ def test_defaults(tmp_path: Path) -> None:
         management_token=None,
         request_timeout=10.0,
     )
-    assert config.poll == PollConfig(interval=30.0, page_size=100, backfill=True, max_concurrency=8)
+    assert config.poll == PollConfig(
+        interval=30.0, page_size=100, backfill=True, max_concurrency=8, lease_ttl=90.0
+    )
     assert config.store.url.reveal() == "sqlite+aiosqlite:////var/lib/poller/poller.db"
     assert config.delivery == DeliveryConfig(
         timeout=10.0,

@@ -87,6 +87,15 @@ rooms = Table(
     Column("lease_until", UTCDateTime(), nullable=True),
 )
 
+# Live poller instances sharing this store; rooms are spread over them.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
+)
+
 deliveries = Table(
     "deliveries",
     metadata,

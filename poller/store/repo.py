@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from poller.events import Event
-from poller.store.models import DEAD, DELIVERED, PENDING, deliveries, events, rooms
+from poller.store.models import DEAD, DELIVERED, PENDING, deliveries, events, instances, rooms
 
 __all__ = ["Claim", "DeliveryRow", "PageOutcome", "RoomLease", "Store", "WebhookFilter"]
 
@@ -130,9 +130,22 @@ class Store:
                 await conn.execute(deliveries.insert(), outbox)
         return PageOutcome(len(new_ids), len(outbox))
 
-    async def acquire_room(self, room_id: str, *, ttl: float, now: dt.datetime) -> RoomLease | None:
-        """Take or renew this instance's lease on a room; None when another instance holds it."""
+    async def acquire_room(
+        self, room_id: str, *, ttl: float, now: dt.datetime, preferred: bool = True
+    ) -> RoomLease | None:
+        """Take or renew this instance's lease on a room; None when it is not ours to poll.
+
+        A room this instance is not the ``preferred`` owner of is never taken, and
+        is handed back if held, so that its preferred owner can take it at once.
+        """
         async with self.engine.begin() as conn:
+            if not preferred:
+                await conn.execute(
+                    update(rooms)
+                    .where(rooms.c.id == room_id, rooms.c.lease_owner == self.instance_id)
+                    .values(lease_owner=None, lease_until=None)
+                )
+                return None
             await conn.execute(
                 self._insert(rooms).values(id=room_id).on_conflict_do_nothing(index_elements=["id"])
             )
@@ -156,6 +169,41 @@ class Store:
                 )
             ).first()
         return None if row is None else RoomLease(room_id, row.first_polled_at)
+
+    async def heartbeat(
+        self, *, ttl: float, now: dt.datetime, started_at: dt.datetime
+    ) -> list[str]:
+        """Say this instance is alive; return every live instance's id, sorted."""
+        async with self.engine.begin() as conn:
+            stmt = self._insert(instances).values(
+                id=self.instance_id, started_at=started_at, heartbeat_at=now
+            )
+            await conn.execute(
+                stmt.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
+            )
+            # Instances silent for long are gone for good (a pid never comes back).
+            await conn.execute(
+                delete(instances).where(
+                    instances.c.heartbeat_at < now - dt.timedelta(seconds=10 * ttl)
+                )
+            )
+            live = await conn.execute(
+                select(instances.c.id)
+                .where(instances.c.heartbeat_at >= now - dt.timedelta(seconds=ttl))
+                .order_by(instances.c.id)
+            )
+            return list(live.scalars())
+
+    async def deregister(self) -> None:
+        """Leave the set of live instances (a graceful stop), so others rebalance at once."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(instances).where(instances.c.id == self.instance_id))
+
+    async def instance_states(self) -> list[dict[str, Any]]:
+        """Every known instance with its last heartbeat, for `poller status`."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(instances).order_by(instances.c.id))
+            return [dict(row._mapping) for row in rows]
 
     async def finish_poll(self, room_id: str, *, error: str | None, now: dt.datetime) -> None:
         """Record a poll's outcome; the first complete poll ends the room's backfill phase."""
@@ -277,20 +325,36 @@ class Store:
             )
         return bool(result.rowcount)
 
-    async def release_claims(self, *, everyone: bool = False) -> int:
-        """Hand claimed deliveries back (ours, or all: a lone SQLite instance restarting)."""
-        owner = (
-            deliveries.c.claimed_by.is_not(None)
-            if everyone
-            else (deliveries.c.claimed_by == self.instance_id)
-        )
+    async def release_claims(self) -> int:
+        """Hand this instance's claimed deliveries back, to be retried at once."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(deliveries)
-                .where(owner, deliveries.c.state == PENDING)
+                .where(deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING)
                 .values(claimed_by=None, claimed_until=None)
             )
         return int(result.rowcount)
+
+    async def take_over(self) -> tuple[int, int]:
+        """Claim back everything another run left: for a lone instance (SQLite) starting.
+
+        A run killed with -9 leaves claimed deliveries, room leases and an
+        instance row behind under its old pid; waiting for them to expire
+        would only delay this run. Returns (claims, leases) released.
+        """
+        async with self.engine.begin() as conn:
+            claims = await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.claimed_by.is_not(None), deliveries.c.state == PENDING)
+                .values(claimed_by=None, claimed_until=None)
+            )
+            leases = await conn.execute(
+                update(rooms)
+                .where(rooms.c.lease_owner.is_not(None))
+                .values(lease_owner=None, lease_until=None)
+            )
+            await conn.execute(delete(instances).where(instances.c.id != self.instance_id))
+        return int(claims.rowcount), int(leases.rowcount)
 
     async def next_due(self, webhooks: Sequence[str]) -> dt.datetime | None:
         """When the earliest unclaimed pending delivery of these webhooks falls due."""
