@@ -165,6 +165,7 @@ class Daemon:
             page_size=config.poll.page_size,
             backfill=config.poll.backfill,
             lease_ttl=config.poll.lease_ttl,
+            interval=interval,
             is_mine=self.membership.is_mine,
             on_new_deliveries=self.worker.wake,
             on_poll=self._polled,
@@ -307,7 +308,9 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
         with contextlib.suppress(SQLAlchemyError, OSError):
-            await self.store.release_rooms()
+            # The rooms move on after one interval: this instance may have just
+            # polled them.
+            await self.store.release_rooms(now=utcnow(), cooldown=self.config.poll.interval)
             await self.store.deregister()
         await self._close()
         self.log.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))

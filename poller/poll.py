@@ -40,6 +40,7 @@ class RoomPoller:
         page_size: int,
         backfill: bool,
         lease_ttl: float,
+        interval: float = 0.0,
         is_mine: Callable[[str], bool] = lambda _room_id: True,
         on_new_deliveries: Callable[[], None] = lambda: None,
         on_poll: Callable[[PollResult], None] = lambda _: None,
@@ -52,7 +53,9 @@ class RoomPoller:
         self._page_size = page_size
         self._backfill = backfill
         self._lease_ttl = lease_ttl
+        self._interval = interval
         self._is_mine = is_mine
+        self._held: set[str] = set()  # rooms whose lease this instance took
         self._on_new_deliveries = on_new_deliveries
         self._on_poll = on_poll
         self._log = logger or structlog.get_logger("poller.poll")
@@ -60,11 +63,17 @@ class RoomPoller:
     async def poll(self, room_id: str) -> PollResult:
         """Poll one room once; API failures are logged and recorded, not raised."""
         started = time.perf_counter()
+        mine = self._is_mine(room_id)
+        if not mine and room_id not in self._held:
+            # Another instance's room that we do not hold: nothing to write.
+            return self._done(PollResult(room_id, "leased"), started)
         lease = await self._store.acquire_room(
-            room_id, ttl=self._lease_ttl, now=utcnow(), preferred=self._is_mine(room_id)
+            room_id, ttl=self._lease_ttl, now=utcnow(), preferred=mine, cooldown=self._interval
         )
         if lease is None:
+            self._held.discard(room_id)
             return self._done(PollResult(room_id, "leased"), started)
+        self._held.add(room_id)
         # Until the room's first complete poll, what the API holds was there
         # before us: delivered only with backfill.
         deliver = self._backfill or lease.first_polled_at is not None

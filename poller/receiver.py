@@ -23,7 +23,8 @@ class Received:
     headers: Mapping[str, str]
     valid: bool
     status: int
-    at: float
+    at: float  # when the answer was decided (after any hang)
+    arrived: float  # when the request arrived
 
     @property
     def ok(self) -> bool:
@@ -135,6 +136,7 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        arrived = time.time()
         body = await request.read()
         key = self._keys.get(name)
         if key is None:
@@ -150,7 +152,7 @@ class Receiver:
                 await asyncio.wait_for(self._closing.wait(), fault.hang)
         status = 401 if not valid else fault.status if fault is not None else 204
         await self._record(
-            Received(name, msg_id, body, dict(request.headers), valid, status, time.time())
+            Received(name, msg_id, body, dict(request.headers), valid, status, time.time(), arrived)
         )
         headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else None
         return web.Response(status=status, headers=headers)

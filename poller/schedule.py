@@ -55,12 +55,18 @@ class Scheduler:
             finally:
                 self._running.discard(task)
 
+        # The first run is also the trigger's start, so later runs keep whole
+        # intervals from it (with only next_run_time, the second run could follow
+        # the first almost at once).
+        first = utcnow() + dt.timedelta(seconds=first_in)
         self._scheduler.add_job(
             run,
-            IntervalTrigger(seconds=interval, jitter=jitter or None, timezone=dt.UTC),
+            IntervalTrigger(
+                seconds=interval, start_date=first, jitter=jitter or None, timezone=dt.UTC
+            ),
             id=job_id,
             name=job_id,
-            next_run_time=utcnow() + dt.timedelta(seconds=first_in),
+            next_run_time=first,
             misfire_grace_time=max(1, int(interval)),
         )
 

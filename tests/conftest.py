@@ -81,13 +81,19 @@ async def _reset_pg(url: str) -> None:
         await engine.dispose()
 
 
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """The session's PostgreSQL database, emptied for this test."""
+    asyncio.run(_reset_pg(pg_database))
+    return pg_database
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty store URL: a fresh SQLite file, or the session's PostgreSQL database wiped."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'poller.db'}"
-    url: str = request.getfixturevalue("pg_database")
-    asyncio.run(_reset_pg(url))
+    url: str = request.getfixturevalue("pg_url")
     return url
 
 

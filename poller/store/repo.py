@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Insert, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Insert, Update, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -131,20 +131,23 @@ class Store:
         return PageOutcome(len(new_ids), len(outbox))
 
     async def acquire_room(
-        self, room_id: str, *, ttl: float, now: dt.datetime, preferred: bool = True
+        self,
+        room_id: str,
+        *,
+        ttl: float,
+        now: dt.datetime,
+        preferred: bool = True,
+        cooldown: float = 0.0,
     ) -> RoomLease | None:
         """Take or renew this instance's lease on a room; None when it is not ours to poll.
 
-        A room this instance is not the ``preferred`` owner of is never taken, and
-        is handed back if held, so that its preferred owner can take it at once.
+        A room this instance is not the ``preferred`` owner of is never taken, and is
+        handed back if held; nobody may take it for ``cooldown`` seconds, so that a
+        room changing hands is not polled twice within one interval.
         """
         async with self.engine.begin() as conn:
             if not preferred:
-                await conn.execute(
-                    update(rooms)
-                    .where(rooms.c.id == room_id, rooms.c.lease_owner == self.instance_id)
-                    .values(lease_owner=None, lease_until=None)
-                )
+                await conn.execute(self._release(now, cooldown).where(rooms.c.id == room_id))
                 return None
             await conn.execute(
                 self._insert(rooms).values(id=room_id).on_conflict_do_nothing(index_elements=["id"])
@@ -155,8 +158,8 @@ class Store:
                     .where(
                         rooms.c.id == room_id,
                         or_(
-                            rooms.c.lease_owner.is_(None),
                             rooms.c.lease_owner == self.instance_id,
+                            rooms.c.lease_until.is_(None),
                             rooms.c.lease_until < now,
                         ),
                     )
@@ -169,6 +172,13 @@ class Store:
                 )
             ).first()
         return None if row is None else RoomLease(room_id, row.first_polled_at)
+
+    def _release(self, now: dt.datetime, cooldown: float) -> Update:
+        return (
+            update(rooms)
+            .where(rooms.c.lease_owner == self.instance_id)
+            .values(lease_owner=None, lease_until=now + dt.timedelta(seconds=cooldown))
+        )
 
     async def heartbeat(
         self, *, ttl: float, now: dt.datetime, started_at: dt.datetime
@@ -216,14 +226,10 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(update(rooms).where(rooms.c.id == room_id).values(**values))
 
-    async def release_rooms(self) -> None:
-        """Give up this instance's room leases so another can take them at once."""
+    async def release_rooms(self, *, now: dt.datetime, cooldown: float = 0.0) -> None:
+        """Give up this instance's room leases; others may take them after ``cooldown``."""
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(rooms)
-                .where(rooms.c.lease_owner == self.instance_id)
-                .values(lease_owner=None, lease_until=None)
-            )
+            await conn.execute(self._release(now, cooldown))
 
     async def claim(self, webhook: str, limit: int, *, ttl: float, now: dt.datetime) -> list[Claim]:
         """Claim up to ``limit`` due deliveries of one webhook for ``ttl`` seconds."""
