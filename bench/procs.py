@@ -136,13 +136,29 @@ class Children:
         env: dict[str, str] | None = None,
         stdin: bool = False,
         stdout: bool = True,
+        cwd: Path | None = None,
     ) -> Child:
         """Start ``python <args>`` from the repo in a new session; stderr goes to a log file."""
+        return self.spawn_exe(
+            name, [sys.executable, *args], env=env, stdin=stdin, stdout=stdout, cwd=cwd
+        )
+
+    def spawn_exe(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        stdout: bool = False,
+        cwd: Path | None = None,
+    ) -> Child:
+        """Start ``argv`` from the repo in a new session; stderr goes to ``<name>.log``."""
         log = self.workdir / f"{name}.log"
         with log.open("ab") as err:
             proc = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=REPO,
+                argv,
+                cwd=cwd or REPO,
                 env={**os.environ, **(env or {})},
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
@@ -194,8 +210,7 @@ class NotifySocket:
             except TimeoutError:
                 if child is not None and child.proc.poll() is not None:
                     raise BenchError(
-                        f"{child.name} exited ({child.proc.returncode}) before {word}"
-                        f"{child.tail()}"
+                        f"{child.name} exited ({child.proc.returncode}) before {word}{child.tail()}"
                     ) from None
                 continue
             if word.encode() in data.split(b"\n"):
@@ -219,13 +234,14 @@ def port_of(child: Child, timeout: float = 30.0) -> int:
 def get_json(url: str, timeout: float = 30.0) -> Any:
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError("benchmark traffic stays on 127.0.0.1")
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+    # The scheme and host are checked just above.
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
         return json.loads(resp.read())
 
 
 def post(url: str, timeout: float = 10.0) -> int:
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError("benchmark traffic stays on 127.0.0.1")
-    req = urllib.request.Request(url, data=b"", method="POST")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    req = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
         return int(resp.status)

@@ -36,7 +36,7 @@ class Sink:
 
     def reset(self) -> None:
         self.count = 0
-        self.per_hook: dict[str, int] = {name: 0 for name in self.keys}
+        self.per_hook: dict[str, int] = dict.fromkeys(self.keys, 0)
         self.seen: set[tuple[str, str]] = set()
         self.duplicates = 0
         self.receipts: dict[str, float] = {}

@@ -26,6 +26,7 @@ from poller.delivery.worker import DeliveryWorker
 from poller.errors import ConfigError
 from poller.hms.client import HmsClient
 from poller.hms.token import MintedTokens, StaticToken, TokenProvider
+from poller.limit import Limiter
 from poller.membership import Membership
 from poller.metrics import Metrics
 from poller.poll import PollResult, RoomPoller
@@ -144,7 +145,7 @@ class Daemon:
             config.hms.base_url,
             tokens,
             request_timeout=config.hms.request_timeout,
-            limiter=asyncio.Semaphore(config.poll.max_concurrency),
+            limiter=Limiter(config.poll.max_concurrency),
             on_response=self.metrics.observe_api,
         )
         self.worker = DeliveryWorker(
@@ -304,6 +305,8 @@ class Daemon:
         drain = max(0.0, self.config.shutdown_grace * 0.8 - 0.2)
         await asyncio.gather(self.scheduler.stop(drain), self.worker.stop(drain))
         await worker_task
+        # Writes of interrupted polls land before the leases are handed back.
+        await self.poller.drain()
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -67,12 +68,6 @@ def configure(
         tail: list[Processor] = [structlog.processors.dict_tracebacks, renderer]
     else:
         tail = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        wrapper_class=structlog.make_filtering_bound_logger(levelno),
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=False,
-    )
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -80,8 +75,64 @@ def configure(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
         )
     )
+    # Why: our own events (one per poll and per delivery attempt) are rendered by the
+    # same processors but written straight to the stream, not through a stdlib
+    # LogRecord, handler and formatter: that detour was about a sixth of the CPU of
+    # a poll (BENCHMARKS.md). Stdlib loggers still go through ``handler``.
+    structlog.configure(
+        processors=[*shared, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(levelno),
+        logger_factory=_LineLoggerFactory(handler, out),
+        # Why: otherwise every call through a module's lazy logger assembles a new
+        # logger first (a few percent of a delivery). The daemon configures logging
+        # once, before it builds anything.
+        cache_logger_on_first_use=True,
+    )
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(levelno)
     for name in _CHATTY:
         logging.getLogger(name).setLevel(max(levelno, logging.WARNING))
+
+
+class _LineLogger:
+    """structlog's final logger: one rendered event, one line, under the handler's lock
+    (stdlib records from other threads share the stream)."""
+
+    __slots__ = ("_handler", "_stream", "name")
+
+    def __init__(self, name: str, handler: logging.Handler, stream: TextIO) -> None:
+        self.name = name  # for add_logger_name
+        self._handler = handler
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        # As with logging.Handler, a broken or closed stream never fails the caller.
+        with (
+            self._handler.lock or contextlib.nullcontext(),
+            contextlib.suppress(OSError, ValueError),
+        ):
+            self._stream.write(message + "\n")
+            self._stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+class _LineLoggerFactory:
+    def __init__(self, handler: logging.Handler, stream: TextIO) -> None:
+        self._handler = handler
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> _LineLogger:
+        name = args[0] if args and isinstance(args[0], str) else _caller_module()
+        return _LineLogger(name, self._handler, self._stream)
+
+
+def _caller_module() -> str:
+    """The module that asked for an unnamed logger, as stdlib's LoggerFactory names it."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        ("structlog", __name__)
+    ):
+        frame = frame.f_back
+    return str(frame.f_globals.get("__name__", "root"))

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from poller.batch import GroupCommit
 from poller.hms.client import ApiError, HmsClient
-from poller.store.repo import Store, WebhookFilter
+from poller.store.repo import RoomLease, Store, WebhookFilter
 from poller.timeutil import utcnow
 
 
@@ -25,6 +26,20 @@ class PollResult:
     deliveries: int = 0
     skipped: int = 0
     duration: float = 0.0
+
+
+BOOKKEEPING_WINDOW = 0.02  # seconds a lease or outcome write waits for company
+_LOG_LEVEL = {"ok": "info", "error": "warning"}  # "leased" polls are only debug
+
+
+@dataclass(frozen=True, slots=True)
+class _RoomWrite:
+    """A poll's lease request (``acquire_room``) or its outcome (``finish_poll``)."""
+
+    room_id: str
+    preferred: bool = True
+    finished: bool = False
+    error: str | None = None
 
 
 class RoomPoller:
@@ -56,6 +71,13 @@ class RoomPoller:
         self._interval = interval
         self._is_mine = is_mine
         self._held: set[str] = set()  # rooms whose lease this instance took
+        # Why: one transaction for the leases and outcomes of every poll in flight
+        # rather than two per poll; see poller.batch. Polls are spread over the
+        # interval, so each write waits a moment for others (a poll takes 20 ms
+        # longer; writes per second drop several-fold, BENCHMARKS.md).
+        self._bookkeeping = GroupCommit(
+            self._write_rooms, window=min(BOOKKEEPING_WINDOW, interval / 20)
+        )
         self._on_new_deliveries = on_new_deliveries
         self._on_poll = on_poll
         self._log = logger or structlog.get_logger("poller.poll")
@@ -67,9 +89,7 @@ class RoomPoller:
         if not mine and room_id not in self._held:
             # Another instance's room that we do not hold: nothing to write.
             return self._done(PollResult(room_id, "leased"), started)
-        lease = await self._store.acquire_room(
-            room_id, ttl=self._lease_ttl, now=utcnow(), preferred=mine, cooldown=self._interval
-        )
+        lease = await self._bookkeeping.submit(_RoomWrite(room_id, preferred=mine))
         if lease is None:
             self._held.discard(room_id)
             return self._done(PollResult(room_id, "leased"), started)
@@ -95,7 +115,7 @@ class RoomPoller:
                     self._on_new_deliveries()
         except ApiError as exc:
             error = str(exc)
-        await self._store.finish_poll(room_id, error=error, now=utcnow())
+        await self._bookkeeping.submit(_RoomWrite(room_id, finished=True, error=error))
         result = PollResult(
             room_id,
             "error" if error else "ok",
@@ -107,12 +127,27 @@ class RoomPoller:
         )
         return self._done(result, started, error=error, backfill=not deliver)
 
+    async def drain(self) -> None:
+        """Wait for the store writes of polls that were cancelled (shutdown)."""
+        await self._bookkeeping.drain()
+
+    async def _write_rooms(self, writes: list[_RoomWrite]) -> list[RoomLease | None]:
+        """Exactly ``finish_poll`` or ``acquire_room`` per write, in one transaction."""
+        leases = await self._store.update_rooms(
+            finish=[(w.room_id, w.error) for w in writes if w.finished],
+            acquire=[(w.room_id, w.preferred) for w in writes if not w.finished],
+            ttl=self._lease_ttl,
+            cooldown=self._interval,
+            now=utcnow(),
+        )
+        return [None if w.finished else leases[w.room_id] for w in writes]
+
     def _done(self, result: PollResult, started: float, **extra: object) -> PollResult:
         result = dataclasses.replace(result, duration=time.perf_counter() - started)
         self._on_poll(result)
-        log = {"ok": self._log.info, "error": self._log.warning}.get(
-            result.outcome, self._log.debug
-        )
+        # Why: each attribute of a lazy structlog logger builds a bound logger, so
+        # pick the level by name and fetch only that method.
+        log = getattr(self._log, _LOG_LEVEL.get(result.outcome, "debug"))
         log(
             "poll",
             room_id=result.room_id,

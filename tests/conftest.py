@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import tomli_w
 from sqlalchemy import text
@@ -107,6 +108,13 @@ async def store(store_url: str) -> AsyncIterator[Store]:
 
 
 # --- HTTP peers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for talking to the test servers."""
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
 
 
 @pytest.fixture

@@ -35,12 +35,6 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
-
-
-@pytest.fixture
 def tokens() -> MintedTokens:
     return MintedTokens(ACCESS_KEY, APP_SECRET)
 

@@ -77,9 +77,11 @@ async def wait_log(
 
 def polled_ok(room_id: str) -> Callable[[dict[str, Any]], bool]:
     """A complete poll of ``room_id``."""
-    return lambda e: (
-        e.get("event") == "poll" and e.get("room_id") == room_id and (e.get("outcome") == "ok")
-    )
+
+    def matches(e: dict[str, Any]) -> bool:
+        return e.get("event") == "poll" and e.get("room_id") == room_id and e.get("outcome") == "ok"
+
+    return matches
 
 
 async def poller_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
@@ -267,6 +269,8 @@ async def test_kill_9_during_deliveries_then_restart_delivers_everything(
             store_url,
             rooms=rooms,
             delivery={"timeout": "1s", "retry_schedule": ["100ms", "200ms", "500ms", "1s", "1s"]},
+            # Short room leases: on PostgreSQL the killed instance's leases must expire.
+            poll={"lease_ttl": "3s"},
         )
     )
     before = [simulator.add_event(rooms[i % 2]) for i in range(6)]
@@ -305,8 +309,9 @@ async def test_kill_9_during_deliveries_then_restart_delivers_everything(
         timeout = 10.0
     else:
         # On PostgreSQL the dead instance's claims and room leases may belong to a live
-        # instance for all we know: they are taken over when they expire (about 30 s).
-        timeout = 50.0
+        # instance for all we know: they are taken over when they expire (claims after
+        # 2 * delivery.timeout + 5 s, leases after poll.lease_ttl).
+        timeout = 30.0
     await wait_delivered(receiver, {("all", i) for i in all_ids}, restarted, timeout=timeout)
     assert await restarted.stop(signal.SIGTERM) == 0
 
@@ -335,7 +340,7 @@ async def test_receiver_outage_then_recovery_retries_with_the_same_webhook_id(
             receiver,
             sqlite_url,
             rooms=["room-a", "room-b"],
-            delivery={"timeout": "2s", "retry_schedule": ["200ms", "300ms"] + ["500ms"] * 8},
+            delivery={"timeout": "2s", "retry_schedule": ["200ms", "300ms"] + ["500ms"] * 20},
         )
     )
     warmup = simulator.add_event("room-a")

@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import delete, select
 
 from poller.config import Secret, WebhookConfig
 from poller.events import Event
 from poller.store.db import create_engine, migrate
-from poller.store.models import deliveries, events, rooms
+from poller.store.models import deliveries, events
 from poller.store.repo import Claim, DeliveryRow, RoomLease, Store
 
 ROOM = "639924066893d18d47c86935"
@@ -272,9 +271,84 @@ async def test_release_rooms_frees_only_own_leases(store: Store) -> None:
     b, c = other(store), other(store, "third")
     await store.acquire_room(ROOM, ttl=TTL, now=NOW)
     await b.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW)
-    await store.release_rooms()
-    assert await c.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1)) is not None
-    assert await c.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW + seconds(1)) is None
+    await store.release_rooms(now=NOW + seconds(1))
+    states = {s["id"]: s for s in await store.room_states()}
+    assert states[ROOM]["lease_owner"] is None
+    assert states[OTHER_ROOM]["lease_owner"] == "other"
+    # Free from the moment of release on (no cooldown by default).
+    assert await c.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1.001)) is not None
+    assert await c.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW + seconds(2)) is None
+
+
+async def test_release_rooms_with_cooldown(store: Store) -> None:
+    b = other(store)
+    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
+    await store.release_rooms(now=NOW + seconds(1), cooldown=10)
+    (state,) = await store.room_states()
+    assert state["lease_owner"] is None
+    assert state["lease_until"] == NOW + seconds(11)
+    # Nobody, the previous owner included, takes it during the cooldown.
+    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(10)) is None
+    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(10)) is None
+    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(12)) == RoomLease(ROOM, None)
+
+
+async def test_not_preferred_hands_the_room_back(store: Store) -> None:
+    b = other(store)
+    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) is not None
+    # Not ours any more (the instance set changed): handed back, with a cooldown.
+    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1), preferred=False) is None
+    (state,) = await store.room_states()
+    assert state["lease_owner"] is None
+    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(2)) == RoomLease(ROOM, None)
+    # A non-preferred instance never takes a room, even a free one...
+    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
+    assert await b.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW) is not None
+    # ...and never releases someone else's.
+    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
+    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW + seconds(1)) is None
+    states = {s["id"]: s for s in await store.room_states()}
+    assert states[OTHER_ROOM]["lease_owner"] == "other"
+
+
+async def test_not_preferred_with_cooldown(store: Store) -> None:
+    b = other(store)
+    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
+    released = NOW + seconds(1)
+    await store.acquire_room(ROOM, ttl=TTL, now=released, preferred=False, cooldown=5)
+    assert await b.acquire_room(ROOM, ttl=TTL, now=released + seconds(5)) is None
+    assert await b.acquire_room(ROOM, ttl=TTL, now=released + seconds(6)) is not None
+
+
+# --- instances ----------------------------------------------------------------------
+
+
+async def test_heartbeat_lists_live_instances(store: Store) -> None:
+    a, b = other(store, "a"), other(store, "b")
+    assert await b.heartbeat(ttl=10, now=NOW, started_at=NOW) == ["b"]
+    assert await a.heartbeat(ttl=10, now=NOW + seconds(1), started_at=NOW) == ["a", "b"]
+    # b goes silent: no longer live after ttl, but still known for a while.
+    assert await a.heartbeat(ttl=10, now=NOW + seconds(11), started_at=NOW) == ["a"]
+    states = {s["id"]: s for s in await store.instance_states()}
+    assert set(states) == {"a", "b"}
+    assert states["a"]["started_at"] == NOW  # a heartbeat does not restart it
+    assert states["a"]["heartbeat_at"] == NOW + seconds(11)
+    assert states["b"]["heartbeat_at"] == NOW
+    # Silent for ten ttls: forgotten.
+    assert await a.heartbeat(ttl=10, now=NOW + seconds(101), started_at=NOW) == ["a"]
+    assert [s["id"] for s in await store.instance_states()] == ["a"]
+    # It may come back.
+    assert await b.heartbeat(ttl=10, now=NOW + seconds(102), started_at=NOW) == ["a", "b"]
+
+
+async def test_deregister(store: Store) -> None:
+    a, b = other(store, "a"), other(store, "b")
+    await a.heartbeat(ttl=10, now=NOW, started_at=NOW)
+    await b.heartbeat(ttl=10, now=NOW, started_at=NOW)
+    await a.deregister()
+    assert [s["id"] for s in await store.instance_states()] == ["b"]
+    assert await b.heartbeat(ttl=10, now=NOW + seconds(1), started_at=NOW) == ["b"]
+    await a.deregister()  # twice is harmless
 
 
 async def test_first_polled_at_is_set_by_the_first_successful_poll(store: Store) -> None:
@@ -464,7 +538,7 @@ async def test_lost_claim_does_not_overwrite(store: Store) -> None:
     assert (stored["state"], stored["attempts"], stored["last_status"]) == ("dead", 1, 502)
 
 
-async def test_release_claims_own_or_everyone(store: Store) -> None:
+async def test_release_claims_frees_only_own_claims(store: Store) -> None:
     await seed(store, 5)
     b = other(store)
     mine = await store.claim("h", 2, ttl=TTL, now=NOW)
@@ -474,14 +548,36 @@ async def test_release_claims_own_or_everyone(store: Store) -> None:
     assert await store.release_claims() == 2
     rows = {r["id"]: r for r in await all_rows(store)}
     assert all(rows[c.delivery_id]["claimed_by"] is None for c in mine)
+    assert all(rows[c.delivery_id]["claimed_until"] is None for c in mine)
     assert all(rows[c.delivery_id]["claimed_by"] == "other" for c in theirs)
-    # Released rows are claimable at once by anyone.
+    assert rows[finished[0].delivery_id]["state"] == "delivered"
+    # Released rows are claimable at once by anyone, attempts unchanged.
     again = await other(store, "third").claim("h", 10, ttl=TTL, now=NOW + seconds(1))
     assert sorted(c.delivery_id for c in again) == sorted(c.delivery_id for c in mine)
-    assert await store.release_claims(everyone=True) == 4
-    assert all(r["claimed_by"] is None and r["claimed_until"] is None for r in await all_rows(b))
-    assert await store.release_claims(everyone=True) == 0
-    assert rows[finished[0].delivery_id]["state"] == "delivered"
+    assert all(c.attempts == 0 for c in again)
+    assert await store.release_claims() == 0
+
+
+async def test_take_over_releases_what_a_killed_run_left(store: Store) -> None:
+    await seed(store, 4)
+    dead_run = other(store, "host:111")
+    await dead_run.heartbeat(ttl=10, now=NOW, started_at=NOW)
+    await dead_run.acquire_room(ROOM, ttl=TTL, now=NOW)
+    await dead_run.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW)
+    claimed = await dead_run.claim("h", 3, ttl=TTL, now=NOW)
+    await dead_run.mark_delivered(claimed[0], status=200, now=NOW)
+    await dead_run.claim("h", 1, ttl=TTL, now=NOW)
+    await store.heartbeat(ttl=10, now=NOW, started_at=NOW)
+
+    assert await store.take_over() == (3, 2)
+    rows = await all_rows(store)
+    assert all(r["claimed_by"] is None and r["claimed_until"] is None for r in rows)
+    assert sum(r["state"] == "delivered" for r in rows) == 1
+    assert all(s["lease_owner"] is None for s in await store.room_states())
+    assert [s["id"] for s in await store.instance_states()] == ["test-instance"]
+    # Everything is available to this run right away.
+    assert len(await store.claim("h", 10, ttl=TTL, now=NOW + seconds(1))) == 3
+    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1)) is not None
 
 
 # --- inspection ---------------------------------------------------------------------
@@ -500,7 +596,8 @@ async def test_next_due(store: Store) -> None:
     await store.mark_failed(two, status=500, error="x", retry_at=NOW + seconds(5), now=NOW)
     due = await store.next_due(["h"])
     assert due == NOW + seconds(5)
-    assert due is not None and due.tzinfo is not None
+    assert due is not None
+    assert due.tzinfo is not None
     await store.mark_failed(
         await claim_one(store, now=NOW + seconds(6)), status=500, error="x", retry_at=None, now=NOW
     )
@@ -532,7 +629,8 @@ async def test_oldest_pending(store: Store) -> None:
     await store.mark_delivered(first, status=200, now=NOW + seconds(20))
     oldest = await store.oldest_pending()
     assert oldest == NOW + seconds(10)
-    assert oldest is not None and oldest.tzinfo is not None
+    assert oldest is not None
+    assert oldest.tzinfo is not None
     await store.mark_failed(
         await claim_one(store, now=NOW + seconds(20)),
         status=500,
@@ -657,23 +755,6 @@ async def test_prune_in_batches(store: Store) -> None:
 
 
 # --- several instances on PostgreSQL --------------------------------------------------
-
-
-@pytest.fixture
-def pg_url(pg_database: str) -> Iterator[str]:
-    """The session's PostgreSQL database, wiped."""
-
-    async def reset() -> None:
-        engine = create_async_engine(pg_database)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(text("DROP SCHEMA public CASCADE"))
-                await conn.execute(text("CREATE SCHEMA public"))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(reset())
-    yield pg_database
 
 
 @pytest.mark.postgres

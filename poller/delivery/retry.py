@@ -22,6 +22,8 @@ class RetryPolicy:
 
         None means the schedule is exhausted and the delivery is dead.
         """
+        if attempt < 1:
+            raise ValueError(f"attempts are numbered from 1, got {attempt}")
         if attempt > len(self.schedule):
             return None
         delay = self.schedule[attempt - 1] * self.rng.uniform(1 - self.jitter, 1 + self.jitter)

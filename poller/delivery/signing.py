@@ -31,6 +31,8 @@ class SigningKey:
     def from_secret(cls, secret: str) -> SigningKey:
         """Decode ``whsec_<base64>`` (the prefix is optional, as in the reference libraries)."""
         raw = secret.removeprefix(SECRET_PREFIX)
+        # Restore dropped "=" padding, as the reference libraries accept such secrets.
+        raw += "=" * (-len(raw) % 4)
         try:
             key = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):

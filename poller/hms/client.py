@@ -70,7 +70,7 @@ class HmsClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_max: float = 300.0,
-        limiter: asyncio.Semaphore | None = None,
+        limiter: contextlib.AbstractAsyncContextManager[Any] | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
         on_response: Callable[[str, float], None] | None = None,
     ) -> None:

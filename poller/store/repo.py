@@ -7,14 +7,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Insert, Update, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Insert, Update, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from poller.events import Event
 from poller.store.models import DEAD, DELIVERED, PENDING, deliveries, events, instances, rooms
 
-__all__ = ["Claim", "DeliveryRow", "PageOutcome", "RoomLease", "Store", "WebhookFilter"]
+__all__ = [
+    "AttemptRecord",
+    "Claim",
+    "DeliveryRow",
+    "PageOutcome",
+    "RoomLease",
+    "Store",
+    "WebhookFilter",
+]
 
 
 class WebhookFilter(Protocol):
@@ -48,6 +56,18 @@ class Claim:
     attempts: int  # attempts made before this one
     body: str
     created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One finished attempt to record: delivered when ``error`` is None, else failed
+    (pending again at ``retry_at``, or dead when that is None)."""
+
+    claim: Claim
+    now: dt.datetime  # when the attempt ended
+    status: int | None
+    error: str | None = None
+    retry_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,33 +165,93 @@ class Store:
         handed back if held; nobody may take it for ``cooldown`` seconds, so that a
         room changing hands is not polled twice within one interval.
         """
+        leases = await self.update_rooms(
+            acquire=[(room_id, preferred)], ttl=ttl, cooldown=cooldown, now=now
+        )
+        return leases[room_id]
+
+    async def update_rooms(
+        self,
+        *,
+        finish: Sequence[tuple[str, str | None]] = (),
+        acquire: Sequence[tuple[str, bool]] = (),
+        ttl: float = 0.0,
+        cooldown: float = 0.0,
+        now: dt.datetime,
+    ) -> dict[str, RoomLease | None]:
+        """``finish_poll`` for each (room, error), then ``acquire_room`` for each
+        (room, preferred), all in one transaction; returns the lease (or None) per room
+        of ``acquire``.
+
+        Why: the bookkeeping of a poll is two small writes. Done for many rooms at
+        once (see poller.batch) it is one transaction for dozens of polls instead of
+        two per poll, the cost that bounded polling (BENCHMARKS.md); each room gets
+        exactly the conditional update it would get alone.
+        """
+        # The last word per room wins, as it would one call after another.
+        finished = dict(finish)
+        wanted = dict(acquire)
+        leases: dict[str, RoomLease | None] = {}
         async with self.engine.begin() as conn:
-            if not preferred:
-                await conn.execute(self._release(now, cooldown).where(rooms.c.id == room_id))
-                return None
-            await conn.execute(
-                self._insert(rooms).values(id=room_id).on_conflict_do_nothing(index_elements=["id"])
-            )
-            row = (
+            ok = sorted(room for room, error in finished.items() if error is None)
+            if ok:
                 await conn.execute(
                     update(rooms)
-                    .where(
-                        rooms.c.id == room_id,
-                        or_(
-                            rooms.c.lease_owner == self.instance_id,
-                            rooms.c.lease_until.is_(None),
-                            rooms.c.lease_until < now,
-                        ),
-                    )
+                    .where(rooms.c.id.in_(ok))
                     .values(
-                        lease_owner=self.instance_id,
-                        lease_until=now + dt.timedelta(seconds=ttl),
-                        last_polled_at=now,
+                        last_error=None,
+                        last_success_at=now,
+                        first_polled_at=func.coalesce(rooms.c.first_polled_at, now),
                     )
-                    .returning(rooms.c.first_polled_at)
                 )
-            ).first()
-        return None if row is None else RoomLease(room_id, row.first_polled_at)
+            failed: dict[str, list[str]] = {}
+            for room, error in finished.items():
+                if error is not None:
+                    failed.setdefault(error, []).append(room)
+            for error, ids in failed.items():
+                await conn.execute(
+                    update(rooms).where(rooms.c.id.in_(sorted(ids))).values(last_error=error)
+                )
+            handed_back = sorted(room for room, preferred in wanted.items() if not preferred)
+            if handed_back:
+                await conn.execute(self._release(now, cooldown).where(rooms.c.id.in_(handed_back)))
+            take = sorted(room for room, preferred in wanted.items() if preferred)
+            granted = await self._take_rooms(conn, take, ttl, now) if take else {}
+            # Rooms polled for the first time have no row yet (inserting only then
+            # spares the common case a statement).
+            missing = [room for room in take if room not in granted]
+            if missing:
+                # executemany: one compiled statement whatever the number of rooms.
+                await conn.execute(
+                    self._insert(rooms).on_conflict_do_nothing(index_elements=["id"]),
+                    [{"id": room} for room in missing],
+                )
+                granted |= await self._take_rooms(conn, missing, ttl, now)
+        for room in wanted:
+            leases[room] = granted.get(room)
+        return leases
+
+    async def _take_rooms(
+        self, conn: AsyncConnection, ids: list[str], ttl: float, now: dt.datetime
+    ) -> dict[str, RoomLease | None]:
+        result = await conn.execute(
+            update(rooms)
+            .where(
+                rooms.c.id.in_(ids),
+                or_(
+                    rooms.c.lease_owner == self.instance_id,
+                    rooms.c.lease_until.is_(None),
+                    rooms.c.lease_until < now,
+                ),
+            )
+            .values(
+                lease_owner=self.instance_id,
+                lease_until=now + dt.timedelta(seconds=ttl),
+                last_polled_at=now,
+            )
+            .returning(rooms.c.id, rooms.c.first_polled_at)
+        )
+        return {row.id: RoomLease(row.id, row.first_polled_at) for row in result}
 
     def _release(self, now: dt.datetime, cooldown: float) -> Update:
         return (
@@ -217,14 +297,7 @@ class Store:
 
     async def finish_poll(self, room_id: str, *, error: str | None, now: dt.datetime) -> None:
         """Record a poll's outcome; the first complete poll ends the room's backfill phase."""
-        values: dict[str, Any] = {"last_error": error}
-        if error is None:
-            values |= {
-                "last_success_at": now,
-                "first_polled_at": func.coalesce(rooms.c.first_polled_at, now),
-            }
-        async with self.engine.begin() as conn:
-            await conn.execute(update(rooms).where(rooms.c.id == room_id).values(**values))
+        await self.update_rooms(finish=[(room_id, error)], now=now)
 
     async def release_rooms(self, *, now: dt.datetime, cooldown: float = 0.0) -> None:
         """Give up this instance's room leases; others may take them after ``cooldown``."""
@@ -286,14 +359,8 @@ class Store:
 
     async def mark_delivered(self, claim: Claim, *, status: int, now: dt.datetime) -> bool:
         """Record a successful attempt; False when the claim had been lost meanwhile."""
-        return await self._finish_attempt(
-            claim,
-            now,
-            state=DELIVERED,
-            delivered_at=now,
-            last_status=status,
-            last_error=None,
-        )
+        (kept,) = await self.record_attempts([AttemptRecord(claim, now, status)])
+        return kept
 
     async def mark_failed(
         self,
@@ -305,31 +372,80 @@ class Store:
         now: dt.datetime,
     ) -> bool:
         """Record a failed attempt: pending again at ``retry_at``, or dead when it is None."""
-        values: dict[str, Any] = {"last_status": status, "last_error": error}
-        if retry_at is None:
-            values["state"] = DEAD
-        else:
-            values["next_attempt_at"] = retry_at
-        return await self._finish_attempt(claim, now, **values)
+        (kept,) = await self.record_attempts([AttemptRecord(claim, now, status, error, retry_at)])
+        return kept
 
-    async def _finish_attempt(self, claim: Claim, now: dt.datetime, **values: Any) -> bool:
+    async def record_attempts(self, records: Sequence[AttemptRecord]) -> list[bool]:
+        """Record finished attempts in one transaction; per record, False when its claim
+        had been lost meanwhile (that row is left as it is).
+
+        Why: a transaction per delivery bounded delivery throughput (BENCHMARKS.md);
+        the delivery worker hands in every outcome that finished while the previous
+        write ran (see poller.batch).
+        """
+        ours = and_(deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING)
+        if len(records) == 1:
+            record = records[0]
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == record.claim.delivery_id, ours)
+                    .values({**_attempt_values(record), **_COUNT_ATTEMPT})
+                )
+            return [bool(result.rowcount)]
+        if not records:
+            return []
+        ids = [r.claim.delivery_id for r in records]
         async with self.engine.begin() as conn:
-            result = await conn.execute(
+            # Locked (on PostgreSQL) until the commit, so what is still ours stays ours.
+            held = set(
+                (
+                    await conn.execute(
+                        select(deliveries.c.id)
+                        .where(deliveries.c.id.in_(ids), ours)
+                        .with_for_update()
+                    )
+                ).scalars()
+            )
+            kept: list[bool] = []
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for record in records:
+                delivery_id = record.claim.delivery_id
+                kept.append(delivery_id in held)
+                if delivery_id not in held:
+                    continue
+                held.discard(delivery_id)  # a repeat would find it no longer pending
+                values = _attempt_values(record)
+                params = {f"p_{name}": value for name, value in values.items()}
+                shapes.setdefault(tuple(values), []).append({"p_id": delivery_id, **params})
+            for names, rows in shapes.items():
+                await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == bindparam("p_id", type_=deliveries.c.id.type), ours)
+                    .values(
+                        {
+                            **{
+                                name: bindparam(f"p_{name}", type_=deliveries.c[name].type)
+                                for name in names
+                            },
+                            **_COUNT_ATTEMPT,
+                        }
+                    ),
+                    rows,
+                )
+        return kept
+
+    async def unclaim(self, claims: Sequence[Claim]) -> None:
+        """Hand back claims that will not be attempted (claimed as a stop began)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
                 update(deliveries)
                 .where(
-                    deliveries.c.id == claim.delivery_id,
+                    deliveries.c.id.in_([c.delivery_id for c in claims]),
                     deliveries.c.claimed_by == self.instance_id,
-                    deliveries.c.state == PENDING,
                 )
-                .values(
-                    attempts=deliveries.c.attempts + 1,
-                    last_attempt_at=now,
-                    claimed_by=None,
-                    claimed_until=None,
-                    **values,
-                )
+                .values(claimed_by=None, claimed_until=None)
             )
-        return bool(result.rowcount)
 
     async def release_claims(self) -> int:
         """Hand this instance's claimed deliveries back, to be retried at once."""
@@ -471,3 +587,25 @@ def _aware(value: Any) -> dt.datetime | None:
         value = dt.datetime.fromisoformat(value)
     assert isinstance(value, dt.datetime)
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+_COUNT_ATTEMPT = {"attempts": deliveries.c.attempts + 1}
+
+
+def _attempt_values(record: AttemptRecord) -> dict[str, Any]:
+    """The values one finished attempt sets, besides counting it (``_COUNT_ATTEMPT``);
+    its claim is released either way."""
+    values: dict[str, Any] = {
+        "last_attempt_at": record.now,
+        "claimed_by": None,
+        "claimed_until": None,
+        "last_status": record.status,
+        "last_error": record.error,
+    }
+    if record.error is None:
+        values |= {"state": DELIVERED, "delivered_at": record.now}
+    elif record.retry_at is None:
+        values["state"] = DEAD
+    else:
+        values["next_attempt_at"] = record.retry_at
+    return values

@@ -1,0 +1,252 @@
+"""``python -m bench --quick|--full [--pg URL] [--out FILE]``: run, print, compare, save."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import scenarios
+from bench.harness import DEFAULT_PG, PgDatabases, pg_reachable
+from bench.procs import REPO, BenchError
+from bench.scenarios import Context, Row
+
+TARGET_POLLS = 1000.0
+TARGET_DELIVERIES = 1000.0
+TARGET_RATIO = 0.5
+TARGET_LATENCY_MARGIN_MS = 250.0
+TARGET_RSS_MB = 120.0
+TARGET_STARTUP_S = 1.0
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    packages = {}
+    for name in ("aiohttp", "SQLAlchemy", "aiosqlite", "asyncpg", "APScheduler", "structlog"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            packages[name] = importlib.metadata.version(name)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "commit": commit,
+        "packages": packages,
+    }
+
+
+def _target(name: str, value: float | None, op: str, limit: float) -> dict[str, Any]:
+    ok = value is not None and (value >= limit if op == ">=" else value <= limit)
+    return {"target": name, "value": value, "op": op, "limit": limit, "pass": ok}
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target of the issue, PASS or MISS."""
+    out = []
+    for row in results.get("poll", []):
+        rooms = row["rooms"]
+        out.append(_target(f"polls/s, {rooms} rooms", row["polls_per_s"], ">=", TARGET_POLLS))
+        out.append(_target(f"polls/s vs baseline, {rooms} rooms", row["ratio"], ">=", 0.5))
+    for row in results.get("delivery", []):
+        if row["store"] == "sqlite" and row["webhooks"] == 1:
+            rate = row["deliveries_per_s"]
+            out.append(_target("deliveries/s, SQLite, 1 webhook", rate, ">=", TARGET_DELIVERIES))
+            out.append(_target("deliveries/s vs baseline, SQLite", row["ratio"], ">=", 0.5))
+    if "latency" in results:
+        row = results["latency"]
+        limit = row["poll_interval_s"] * 1000 + TARGET_LATENCY_MARGIN_MS
+        out.append(_target("latency p99 ms", row["p99_ms"], "<=", limit))
+    if "memory" in results:
+        row = results["memory"]
+        name = f"peak RSS MB, {row['rooms']} rooms + {row['backlog']} backlog"
+        out.append(_target(name, row["peak_rss_mb"], "<=", TARGET_RSS_MB))
+    if "startup" in results:
+        row = results["startup"]
+        rooms = row["rooms"]
+        out.append(_target(f"start-up s, {rooms} rooms, new store", row["cold_s"], "<=", 1.0))
+        out.append(_target(f"start-up s, {rooms} rooms, restart", row["warm_s"], "<=", 1.0))
+    return out
+
+
+def _print_row(kind: str, row: Row) -> None:
+    if kind == "poll":
+        print(
+            f"  poll     {row['rooms']:>6} rooms  interval {row['interval_s']:g}s  "
+            f"{row['polls_per_s']:>8.1f} polls/s  {row['cpu_ms_per_poll']:.3f} CPU ms/poll  "
+            f"RSS {row['peak_rss_mb']} MB  | baseline {row['baseline_polls_per_s']:.1f}/s "
+            f"{row['baseline_cpu_ms_per_poll']:.3f} ms  ratio {row['ratio']} "
+            f"(per CPU {row['cpu_ratio']})  "
+            f"(api CPU {row['api_cpu_util']:.0%} / {row['baseline_api_cpu_util']:.0%})"
+        )
+    elif kind == "steady":
+        print(
+            f"  steady   {row['rooms']:>6} rooms  interval {row['interval_s']:g}s  "
+            f"{row['polls_per_s']:>8.1f} polls/s  {row['cpu_ms_per_poll']:.3f} CPU ms/poll  "
+            f"CPU {row['daemon_cpu_util']:.0%} of a core  RSS {row['peak_rss_mb']} MB"
+        )
+    elif kind == "delivery":
+        print(
+            f"  deliver  {row['store']:<10} {row['webhooks']} webhook(s) "
+            f"{row['deliveries']:>6} deliveries  {row['deliveries_per_s']:>8.1f}/s  "
+            f"{row['cpu_ms_per_delivery']:.3f} CPU ms/delivery  RSS {row['peak_rss_mb']} MB  "
+            f"| baseline {row['baseline_deliveries_per_s']:.1f}/s "
+            f"{row['baseline_cpu_ms_per_delivery']:.3f} ms  ratio {row['ratio']} "
+            f"(per CPU {row['cpu_ratio']})  "
+            f"(sigs ok {row['signatures_verified']}, bad {row['signatures_invalid']}, "
+            f"dups {row['duplicates']})"
+        )
+    elif kind == "latency":
+        print(
+            f"  latency  {row['events']} events at {row['rate_per_s']:g}/s over "
+            f"{row['rooms']} rooms, poll interval {row['poll_interval_s']:g}s: "
+            f"p50 {row['p50_ms']} ms  p90 {row['p90_ms']} ms  p99 {row['p99_ms']} ms  "
+            f"max {row['max_ms']} ms  ({row['received']} received)"
+        )
+    elif kind == "startup":
+        print(
+            f"  startup  {row['rooms']} rooms: new store {row['cold_s']:.3f}s, "
+            f"restart {row['warm_s']:.3f}s, RSS at ready {row['rss_at_ready_mb']} MB"
+        )
+    elif kind == "memory":
+        print(
+            f"  memory   {row['rooms']} rooms + {row['backlog']} backlog: "
+            f"peak RSS {row['peak_rss_mb']} MB, "
+            + (
+                f"drained in {row['drain_s']}s"
+                if row["drain_s"] is not None
+                else f"only {row['delivered']} delivered within {row['bound_s']:g}s"
+            )
+        )
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Measure the poller daemon against its targets."
+    )
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--quick", action="store_true", help="about 3 minutes")
+    size.add_argument("--full", action="store_true", help="10k rooms, 20k backlog")
+    parser.add_argument("--pg", help=f"PostgreSQL URL (default: {DEFAULT_PG} if reachable)")
+    parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
+    parser.add_argument(
+        "--only",
+        default="poll,steady,delivery,latency,startup,memory",
+        help="comma-separated scenarios (default: all)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = parser.parse_args(argv)
+    quick = bool(args.quick)
+    only = set(args.only.split(","))
+
+    pg: PgDatabases | None = None
+    pg_url = None if args.no_pg else (args.pg or DEFAULT_PG)
+    if pg_url is not None and not pg_reachable(pg_url):
+        if args.pg:
+            print(f"PostgreSQL at {args.pg} is not reachable", file=sys.stderr)
+            return 2
+        pg_url = None
+    if pg_url is not None:
+        pg = PgDatabases(pg_url)
+
+    workdir = Path(tempfile.mkdtemp(prefix="poller-bench-"))
+    ctx = Context(workdir, quick, pg)
+    results: dict[str, Any] = {}
+    started = time.monotonic()
+    mode = "quick" if quick else "full"
+    print(f"poller benchmark ({mode}), work directory {workdir}")
+    stores = ["sqlite"] + (["postgresql"] if pg else [])
+    plan: list[tuple[str, Callable[[], Row]]] = []
+    if "poll" in only:
+        for rooms in (1000, 5000) if quick else (1000, 5000, 10000):
+            window = 5.0 if quick else 10.0
+            plan.append(("poll", functools.partial(scenarios.poll_capacity, ctx, rooms, window)))
+    if "steady" in only:
+        rooms, interval = (5000, 15.0) if quick else (10000, 30.0)
+        plan.append(("steady", functools.partial(scenarios.steady, ctx, rooms, interval, 8.0)))
+    if "delivery" in only:
+        events = 5000 if quick else 20000
+        for store in stores:
+            for hooks in (1, 4):
+                run = functools.partial(scenarios.delivery, ctx, store, hooks, events)
+                plan.append(("delivery", run))
+    if "latency" in only:
+        plan.append(("latency", lambda: scenarios.latency(ctx, 15 if quick else 30)))
+    if "startup" in only:
+        plan.append(("startup", lambda: scenarios.startup(ctx, 5000 if quick else 10000)))
+    if "memory" in only:
+        plan.append(
+            (
+                "memory",
+                lambda: scenarios.memory(ctx, 5000 if quick else 10000, 5000 if quick else 20000),
+            )
+        )
+    failed = False
+    try:
+        for kind, scenario in plan:
+            try:
+                row = scenario()
+            except BenchError as exc:
+                print(f"  {kind}: FAILED: {exc}", file=sys.stderr)
+                failed = True
+                continue
+            if kind in ("poll", "delivery"):
+                results.setdefault(kind, []).append(row)
+            else:
+                results[kind] = row
+            _print_row(kind, row)
+    finally:
+        if pg is not None:
+            pg.close()
+        if args.keep or failed:
+            print(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    checks = evaluate(results)
+    print("targets:")
+    for check in checks:
+        verdict = "PASS" if check["pass"] else "MISS"
+        print(f"  {verdict}  {check['target']}: {check['value']} {check['op']} {check['limit']}")
+    report = {
+        "mode": mode,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": machine(),
+        "postgresql": pg_url is not None,
+        "results": results,
+        "targets": checks,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out} in {report['duration_s']}s")
+    return 1 if failed else 0
