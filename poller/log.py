@@ -65,9 +65,17 @@ def configure(
     renderer: Processor
     if as_json:
         renderer = structlog.processors.JSONRenderer()
-        tail: list[Processor] = [structlog.processors.dict_tracebacks, renderer]
+        # Frames' local variables may hold tokens or secrets: never render them.
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        tail: list[Processor] = [tracebacks, renderer]
     else:
-        tail = [structlog.dev.ConsoleRenderer(colors=out.isatty())]
+        tail = [
+            structlog.dev.ConsoleRenderer(
+                colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

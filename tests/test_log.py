@@ -86,13 +86,18 @@ def test_known_secrets_are_masked_everywhere_in_an_event() -> None:
     assert second["event"] == "header was ***"
 
 
-def test_exceptions_are_structured_in_json() -> None:
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_exceptions_are_rendered_without_local_variables(fmt: str) -> None:
     out = io.StringIO()
-    log.configure("info", "json", stream=out)
+    log.configure("info", fmt, stream=out)
+    token = "eyJhbGciOiJIUzI1NiJ9.local-variable-token"
     try:
-        raise RuntimeError("boom")
+        raise RuntimeError("boom" if token else "")
     except RuntimeError:
-        structlog.get_logger().exception("failed")
-    [entry] = lines(out)
-    assert entry["event"] == "failed"
-    assert "RuntimeError" in json.dumps(entry["exception"])
+        structlog.get_logger("poller.test").exception("failed")
+    text = out.getvalue()
+    assert "RuntimeError" in text
+    assert token not in text
+    if fmt == "json":
+        [entry] = lines(out)
+        assert entry["event"] == "failed"
