@@ -224,11 +224,13 @@ class DaemonProcess:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while True:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.output()}")
+                # Datagrams sent before an exit are still queued: read them first.
+                code = None if self.proc is None else self.proc.poll()
                 try:
                     data = await asyncio.wait_for(loop.sock_recv(self._sock, 4096), 0.2)
                 except TimeoutError:
+                    if code is not None:
+                        raise AssertionError(f"daemon exited {code}:\n{self.output()}") from None
                     continue
                 message = data.decode()
                 self.notifications.append(message)

@@ -690,3 +690,26 @@ async def test_logs_are_json_events_without_secrets(
     assert any(s[3] == 503 for s in seen)
     assert {(w, i) for w, i, _, status in seen if status == 204} == expected
     assert any(e["attempt"] > 1 for e in attempts)
+
+
+# --- systemd notify protocol ----------------------------------------------------------
+
+
+async def test_notify_protocol_ready_status_watchdog_and_stopping(
+    simulator: Simulator,
+    receiver: Receiver,
+    sqlite_url: str,
+    write_config: ConfigWriter,
+    daemons: Daemons,
+) -> None:
+    config = write_config(**daemon_config(simulator, receiver, sqlite_url, rooms=["room-a"]))
+    # WATCHDOG_USEC of 0.4 s: the daemon must ping every 0.2 s while healthy.
+    daemon = await daemons(config, env={"WATCHDOG_USEC": "400000"}).start()
+    ready = next(n for n in daemon.notifications if "READY=1" in n)
+    assert "STATUS=polling 1 rooms" in ready
+    await daemon.wait_notification("WATCHDOG=1", 10)
+    await daemon.wait_notification("WATCHDOG=1", 10)
+    daemon.send(signal.SIGTERM)
+    stopping = await daemon.wait_notification("STOPPING=1", 10)
+    assert "STATUS=stopping" in stopping
+    assert await daemon.stop() == 0
