@@ -11,6 +11,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from structlog.typing import FilteringBoundLogger
 
+from poller.aio import finish_or_cancel
 from poller.timeutil import utcnow
 
 Job = Callable[[], Awaitable[object]]
@@ -82,14 +83,9 @@ class Scheduler:
         """Fire no more jobs; give running ones ``grace`` seconds, then cancel them."""
         if self._scheduler.running:
             self._scheduler.pause()
-        running = list(self._running)
-        if running:
-            _, unfinished = await asyncio.wait(running, timeout=grace)
-            for task in unfinished:
-                task.cancel()
-            if unfinished:
-                await asyncio.wait(unfinished)
-                self._log.warning("jobs_interrupted", count=len(unfinished))
+        interrupted = await finish_or_cancel(list(self._running), grace)
+        if interrupted:
+            self._log.warning("jobs_interrupted", count=interrupted)
         if self._scheduler.running:
             # Nothing is running any more, so shutdown() has nothing to cancel.
             self._scheduler.shutdown(wait=False)

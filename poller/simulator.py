@@ -121,7 +121,7 @@ class Simulator:
             "description": "",
             "template_id": self._templates[room_id],
             "region": "in",
-            "created_at": _rfc3339(time.time_ns(), digits=3),
+            "created_at": rfc3339(time.time_ns(), digits=3),
         }
         self._room_order.append(room_id)
         self.events.setdefault(room_id, [])
@@ -131,41 +131,9 @@ class Simulator:
     ) -> dict[str, Any]:
         """Append a realistic event to a room and return it; ``data_overrides`` patch its data."""
         self.add_room(room_id)
-        ids = self._ids
-        now = time.time_ns()
-        duration = ids.randint(5, 3600)
-        stopped = now - 2 * 10**9
-        started = stopped - duration * 10**9
-        beam_id = self._object_id()
-        data: dict[str, Any] = {
-            "beam_id": beam_id,
-            "room_id": room_id,
-            "session_id": self._object_id(),
-            "peer_id": str(self._uuid()),
-            "template_id": self._templates[room_id],
-            "created_at": _rfc3339(now - 5 * 10**8),
-            "duration": duration,
-            "started_at": _rfc3339(started, digits=3),
-            "stopped_at": _rfc3339(stopped, digits=3),
-            "max_width": 1280,
-            "max_height": 720,
-            "recording_path": f"s3://recordings/{room_id}/{beam_id}.mp4",
-            "recording_presigned_url": (
-                f"https://recordings.example.com/{room_id}/{beam_id}.mp4?X-Amz-Expires=86400"
-            ),
-            "meeting_url": "https://app.100ms.live/preview/rpe-pwl-akt?token=beam_recording",
-            "rtmp": [{"url": "rtmp://live.example.com/app/stream"}],
-            "session_started_at": _rfc3339(started - ids.randint(1, 60) * 10**9, digits=3),
-            "size": ids.randint(10**5, 10**9),
-        }
-        data.update(data_overrides)
-        event = {
-            "version": "2.0",
-            "id": str(self._uuid()),
-            "timestamp": _rfc3339(now),
-            "type": type,
-            "data": data,
-        }
+        event = recording_event(
+            self._ids, room_id, template_id=self._templates[room_id], type=type, **data_overrides
+        )
         self.events[room_id].append(event)
         return event
 
@@ -255,7 +223,7 @@ class Simulator:
             # Everything but the id, so only the id check can reject it.
             broken = {
                 "version": "2.0",
-                "timestamp": _rfc3339(time.time_ns()),
+                "timestamp": rfc3339(time.time_ns()),
                 "type": "beam.recording.success",
                 "data": {"room_id": room_id},
             }
@@ -365,6 +333,52 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     return resp
 
 
+def recording_event(
+    rng: random.Random,
+    room_id: str,
+    *,
+    template_id: str,
+    now_ns: int | None = None,
+    type: str = "beam.recording.success",
+    **data_overrides: Any,
+) -> dict[str, Any]:
+    """A realistic event shaped like CONTRACT.md's example; ``data_overrides`` patch its data."""
+    now = time.time_ns() if now_ns is None else now_ns
+    duration = rng.randint(5, 3600)
+    stopped = now - 2 * 10**9
+    started = stopped - duration * 10**9
+    beam_id = _object_id(rng)
+    data: dict[str, Any] = {
+        "beam_id": beam_id,
+        "room_id": room_id,
+        "session_id": _object_id(rng),
+        "peer_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "template_id": template_id,
+        "created_at": rfc3339(now - 5 * 10**8),
+        "duration": duration,
+        "started_at": rfc3339(started, digits=3),
+        "stopped_at": rfc3339(stopped, digits=3),
+        "max_width": 1280,
+        "max_height": 720,
+        "recording_path": f"s3://recordings/{room_id}/{beam_id}.mp4",
+        "recording_presigned_url": (
+            f"https://recordings.example.com/{room_id}/{beam_id}.mp4?X-Amz-Expires=86400"
+        ),
+        "meeting_url": "https://app.100ms.live/preview/rpe-pwl-akt?token=beam_recording",
+        "rtmp": [{"url": "rtmp://live.example.com/app/stream"}],
+        "session_started_at": rfc3339(started - rng.randint(1, 60) * 10**9, digits=3),
+        "size": rng.randint(10**5, 10**9),
+    }
+    data.update(data_overrides)
+    return {
+        "version": "2.0",
+        "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "timestamp": rfc3339(now),
+        "type": type,
+        "data": data,
+    }
+
+
 def _object_id(rng: random.Random) -> str:
     """A 24-hex-digit id like 100ms's room, session and template ids."""
     return f"{rng.getrandbits(96):024x}"
@@ -391,7 +405,7 @@ def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
-def _rfc3339(ns: int, digits: int = 9) -> str:
+def rfc3339(ns: int, digits: int = 9) -> str:
     """Format Unix nanoseconds as RFC 3339 UTC with ``digits`` fractional digits."""
     seconds, fraction = divmod(ns, 10**9)
     stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from poller.aio import finish_or_cancel
 from poller.batch import GroupCommit
 from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Attempt, Sender, Target
@@ -190,14 +191,10 @@ class DeliveryWorker:
                 self._run_task.cancel()
             await self._loop_done.wait()
         pending = [t for tasks in self._inflight.values() for t in tasks]
-        if pending:
-            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-            _, unfinished = await asyncio.wait(pending, timeout=remaining)
-            for task in unfinished:
-                task.cancel()
-            if unfinished:
-                await asyncio.wait(unfinished)
-                self._log.warning("deliveries_interrupted", count=len(unfinished))
+        remaining = deadline - asyncio.get_running_loop().time()
+        interrupted = await finish_or_cancel(pending, remaining)
+        if interrupted:
+            self._log.warning("deliveries_interrupted", count=interrupted)
         await self._outcomes.drain()  # outcomes of interrupted attempts, if already sent
         await self._store.release_claims()
 
