@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import signal
 import sys
 import time
 
 from aiohttp import web
 
 from bench.events import backlog, compact, make_event, room_ids
+from bench.procs import serve_until_signalled
 
 _JSON = "application/json"
 
@@ -136,18 +136,7 @@ def build_rooms(
 
 
 async def serve(api: FakeApi, port: int) -> None:
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
-    await site.start()
-    bound = runner.addresses[0][1]
-    print(f"PORT {bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signalled(api.app(), port)
 
 
 def main(argv: list[str] | None = None) -> int:

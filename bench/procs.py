@@ -7,6 +7,7 @@ closes, whatever happened: no benchmark leaves a process behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -245,3 +248,19 @@ def post(url: str, timeout: float = 10.0) -> int:
     req = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
         return int(resp.status)
+
+
+async def serve_until_signalled(app: web.Application, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1:``port`` (0: any), print ``PORT n`` for port_of(),
+    and run until SIGTERM or SIGINT (a helper process's main loop)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    await site.start()
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import time
 
 from aiohttp import web
 
+from bench.procs import serve_until_signalled
 from poller.delivery.signing import InvalidSignature, SigningKey
 
 _VERIFY_FIRST = 50
@@ -106,17 +106,7 @@ class Sink:
 
 
 async def serve(sink: Sink, port: int) -> None:
-    runner = web.AppRunner(sink.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
-    await site.start()
-    print(f"PORT {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signalled(sink.app(), port)
 
 
 def main(argv: list[str] | None = None) -> int:
