@@ -168,7 +168,9 @@ def daemon_config(
     tables: dict[str, Any] = {
         "shutdown_grace": "5s",
         "hms": {"base_url": simulator.base_url, "access_key": ACCESS_KEY, "app_secret": APP_SECRET},
-        "poll": {"interval": "300ms", "page_size": 10},
+        # A short lease: a restart after kill -9 on PostgreSQL (a new instance id)
+        # waits for the dead instance's leases to expire.
+        "poll": {"interval": "300ms", "page_size": 10, "lease_ttl": "2s"},
         "store": {"url": store_url},
         "delivery": {"timeout": "2s", "retry_schedule": ["100ms", "200ms", "300ms"]},
         "log": {"level": "info", "format": "json"},

@@ -142,12 +142,6 @@ async def tracking() -> AsyncIterator[TrackingReceiver]:
     await rcv.stop()
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    """A SQLite store for the scenarios where the backend does not matter."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'poller.db'}"
-
-
 # --- 1. the main flow -----------------------------------------------------------------
 
 
@@ -330,7 +324,7 @@ async def test_kill_9_during_deliveries_then_restart_delivers_everything(
 async def test_receiver_outage_then_recovery_retries_with_the_same_webhook_id(
     simulator: Simulator,
     receiver: Receiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
@@ -338,7 +332,7 @@ async def test_receiver_outage_then_recovery_retries_with_the_same_webhook_id(
         **daemon_config(
             simulator,
             receiver,
-            sqlite_url,
+            store_url,
             rooms=["room-a", "room-b"],
             delivery={"timeout": "2s", "retry_schedule": ["200ms", "300ms"] + ["500ms"] * 20},
         )
@@ -396,7 +390,7 @@ async def test_receiver_outage_then_recovery_retries_with_the_same_webhook_id(
 async def test_always_failing_receiver_makes_a_dead_delivery_that_can_be_retried(
     simulator: Simulator,
     receiver: Receiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
@@ -405,7 +399,7 @@ async def test_always_failing_receiver_makes_a_dead_delivery_that_can_be_retried
         **daemon_config(
             simulator,
             receiver,
-            sqlite_url,
+            store_url,
             rooms=["room-a"],
             delivery={"timeout": "2s", "retry_schedule": schedule},
         )
@@ -454,12 +448,12 @@ async def test_always_failing_receiver_makes_a_dead_delivery_that_can_be_retried
 async def test_api_faults_are_survived_and_every_event_delivered(
     simulator: Simulator,
     receiver: Receiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
     rooms = ["room-a", "room-b", "room-c"]
-    config = write_config(**daemon_config(simulator, receiver, sqlite_url, rooms=rooms))
+    config = write_config(**daemon_config(simulator, receiver, store_url, rooms=rooms))
     events = [simulator.add_event(rooms[i % 3]) for i in range(6)]
     simulator.inject("429", 3, retry_after=0.2)
     simulator.inject("500", 3)
@@ -490,11 +484,11 @@ async def test_api_faults_are_survived_and_every_event_delivered(
 async def test_sigint_exits_0(
     simulator: Simulator,
     receiver: Receiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
-    config = write_config(**daemon_config(simulator, receiver, sqlite_url, rooms=["room-a"]))
+    config = write_config(**daemon_config(simulator, receiver, store_url, rooms=["room-a"]))
     event = simulator.add_event("room-a")
     daemon = await daemons(config).start()
     await wait_delivered(receiver, {("all", event["id"])}, daemon)
@@ -505,7 +499,7 @@ async def test_sigint_exits_0(
 async def test_sigterm_with_a_hanging_receiver_exits_within_grace_and_redelivers(
     simulator: Simulator,
     tracking: TrackingReceiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
@@ -515,7 +509,7 @@ async def test_sigterm_with_a_hanging_receiver_exits_within_grace_and_redelivers
         **daemon_config(
             simulator,
             receiver,
-            sqlite_url,
+            store_url,
             rooms=["room-a"],
             delivery={"timeout": "20s"},
         )
@@ -545,13 +539,13 @@ async def test_sigterm_with_a_hanging_receiver_exits_within_grace_and_redelivers
 async def test_no_backfill_skips_what_was_there_first_but_not_what_came_while_down(
     simulator: Simulator,
     receiver: Receiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
     def config_for(rooms: list[str]) -> Path:
         return write_config(
-            **daemon_config(simulator, receiver, sqlite_url, rooms=rooms, poll={"backfill": False})
+            **daemon_config(simulator, receiver, store_url, rooms=rooms, poll={"backfill": False})
         )
 
     old_a = [simulator.add_event("room-a") for _ in range(3)]
@@ -589,12 +583,12 @@ async def test_no_backfill_skips_what_was_there_first_but_not_what_came_while_do
 async def test_webhook_added_later_gets_only_events_first_seen_after_it(
     simulator: Simulator,
     receiver: Receiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
     early = [simulator.add_event("room-a") for _ in range(2)]
-    config = write_config(**daemon_config(simulator, receiver, sqlite_url, rooms=["room-a"]))
+    config = write_config(**daemon_config(simulator, receiver, store_url, rooms=["room-a"]))
     first = await daemons(config).start()
     await wait_delivered(receiver, {("all", e["id"]) for e in early}, first)
     assert await first.stop(signal.SIGTERM) == 0
@@ -604,7 +598,7 @@ async def test_webhook_added_later_gets_only_events_first_seen_after_it(
         **daemon_config(
             simulator,
             receiver,
-            sqlite_url,
+            store_url,
             rooms=["room-a"],
             webhooks=[{"name": "all"}, {"name": "filtered"}],
         )
@@ -626,7 +620,7 @@ async def test_webhook_added_later_gets_only_events_first_seen_after_it(
 async def test_logs_are_json_events_without_secrets(
     simulator: Simulator,
     receiver: Receiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
@@ -635,7 +629,7 @@ async def test_logs_are_json_events_without_secrets(
         **daemon_config(
             simulator,
             receiver,
-            sqlite_url,
+            store_url,
             rooms=["room-a", "room-b"],
             webhooks=[
                 {"name": "all", "headers": {"X-Api-Key": header_value}},
@@ -698,11 +692,11 @@ async def test_logs_are_json_events_without_secrets(
 async def test_notify_protocol_ready_status_watchdog_and_stopping(
     simulator: Simulator,
     receiver: Receiver,
-    sqlite_url: str,
+    store_url: str,
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
-    config = write_config(**daemon_config(simulator, receiver, sqlite_url, rooms=["room-a"]))
+    config = write_config(**daemon_config(simulator, receiver, store_url, rooms=["room-a"]))
     # WATCHDOG_USEC of 0.4 s: the daemon must ping every 0.2 s while healthy.
     daemon = await daemons(config, env={"WATCHDOG_USEC": "400000"}).start()
     ready = next(n for n in daemon.notifications if "READY=1" in n)
