@@ -303,18 +303,27 @@ class Daemon:
         self.log.info("stopping", grace_s=self.config.shutdown_grace)
         # Leave a little of the grace for closing the store and the sessions.
         drain = max(0.0, self.config.shutdown_grace * 0.8 - 0.2)
-        await asyncio.gather(self.scheduler.stop(drain), self.worker.stop(drain))
-        await worker_task
-        # Writes of interrupted polls land before the leases are handed back.
-        await self.poller.drain()
+        try:
+            # Both stops bound their own waits; this bounds a store that hangs under them.
+            async with asyncio.timeout(drain + 1.0):
+                await asyncio.gather(self.scheduler.stop(drain), self.worker.stop(drain))
+                await worker_task
+                # Writes of interrupted polls land before the leases are handed back.
+                await self.poller.drain()
+        except TimeoutError:
+            self.log.warning("drain_timed_out", grace_s=self.config.shutdown_grace)
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
-        with contextlib.suppress(SQLAlchemyError, OSError):
-            # The rooms move on after one interval: this instance may have just
-            # polled them.
-            await self.store.release_rooms(now=utcnow(), cooldown=self.config.poll.interval)
-            await self.store.deregister()
+        # A store that stopped answering must not hold the exit past the grace:
+        # unreleased leases and claims simply expire.
+        left = max(0.5, self.config.shutdown_grace - (time.monotonic() - started))
+        with contextlib.suppress(SQLAlchemyError, OSError, TimeoutError):
+            async with asyncio.timeout(left):
+                # The rooms move on after one interval: this instance may have just
+                # polled them.
+                await self.store.release_rooms(now=utcnow(), cooldown=self.config.poll.interval)
+                await self.store.deregister()
         await self._close()
         self.log.info("stopped", duration_ms=round((time.monotonic() - started) * 1000, 1))
 
