@@ -98,6 +98,26 @@ def _baseline_done(child: Child, timeout: float) -> tuple[int, float]:
 # --- 1. poll capacity ------------------------------------------------------------------
 
 
+def _polling(
+    ctx: Context, children: Children, rooms: int, interval: float, name: str
+) -> tuple[str, Child, str]:
+    """The fake API (one event in every 100th room: mostly empty, as most rooms are
+    most of the time), a sink, and a daemon config polling every room."""
+    hooks = new_hooks(1)
+    api, api_child = _fake_api(children, "--rooms", str(rooms), "--sparse", "100")
+    sink = _sink(children, hooks)
+    config = daemon_config(
+        api_url=api,
+        sink_url=sink,
+        store_url=_store(ctx, "sqlite", name),
+        rooms=room_ids(rooms),
+        hooks=hooks,
+        interval=interval,
+        poll_concurrency=32,
+    )
+    return api, api_child, config
+
+
 def poll_capacity(ctx: Context, rooms: int, window: float) -> Row:
     """Saturated polling of mostly empty rooms: polls/s, CPU per poll, peak RSS.
 
@@ -105,20 +125,8 @@ def poll_capacity(ctx: Context, rooms: int, window: float) -> Row:
     can do, so what is achieved is the capacity.
     """
     interval = rooms / OFFERED_POLLS
-    hooks = new_hooks(1)
     with Children(ctx.workdir) as children:
-        # One event in every 100th room: mostly empty, as most rooms are most of the time.
-        api, api_child = _fake_api(children, "--rooms", str(rooms), "--sparse", "100")
-        sink = _sink(children, hooks)
-        config = daemon_config(
-            api_url=api,
-            sink_url=sink,
-            store_url=_store(ctx, "sqlite", f"poll{rooms}"),
-            rooms=room_ids(rooms),
-            hooks=hooks,
-            interval=interval,
-            poll_concurrency=32,
-        )
+        api, api_child, config = _polling(ctx, children, rooms, interval, f"poll{rooms}")
         api_pid = api_child.pid
         daemon = start_daemon(children, f"daemon-poll{rooms}", config)
         # Every room's first poll (its row inserted, its backfill) happens in the first interval.
@@ -173,19 +181,8 @@ def poll_capacity(ctx: Context, rooms: int, window: float) -> Row:
 
 def steady(ctx: Context, rooms: int, interval: float, window: float) -> Row:
     """A production-like load: many rooms at a long interval (polls spread evenly)."""
-    hooks = new_hooks(1)
     with Children(ctx.workdir) as children:
-        api, _ = _fake_api(children, "--rooms", str(rooms), "--sparse", "100")
-        sink = _sink(children, hooks)
-        config = daemon_config(
-            api_url=api,
-            sink_url=sink,
-            store_url=_store(ctx, "sqlite", f"steady{rooms}"),
-            rooms=room_ids(rooms),
-            hooks=hooks,
-            interval=interval,
-            poll_concurrency=32,
-        )
+        api, _, config = _polling(ctx, children, rooms, interval, f"steady{rooms}")
         daemon = start_daemon(children, f"daemon-steady{rooms}", config)
         time.sleep(2.0)  # the first polls are spread over the interval already
         d0, r0, t0 = daemon.child.usage(), get_json(f"{api}/_stats")["requests"], time.monotonic()

@@ -42,6 +42,8 @@ USER_AGENT = f"poller/{__version__}"
 # can no longer return it, with a margin for clock skew.
 RETENTION = dt.timedelta(days=31)
 PRUNE_INTERVAL = 3600.0
+# The delivery loop turns at least every IDLE_WAIT; this long without a turn is a hang.
+STALL_AFTER = 60.0
 
 
 def claim_ttl(timeout: float) -> float:
@@ -51,10 +53,6 @@ def claim_ttl(timeout: float) -> float:
     a delivery claimed by an instance that died is retried after this.
     """
     return 2 * timeout + 5.0
-
-
-# The delivery loop turns at least every IDLE_WAIT; this long without a turn is a hang.
-STALL_AFTER = 60.0
 
 
 def instance_id(config: Config) -> str:

@@ -481,6 +481,18 @@ async def test_stop_returns_within_grace_and_releases_claims(
     )
 
 
+async def test_stop_before_run_returns_and_run_then_claims_nothing(
+    store: Store, receiver: Receiver, make_worker: MakeWorker, outcomes: Outcomes
+) -> None:
+    hooks = [hook("all", receiver.url("all"), receiver.secrets["all"])]
+    await seed(store, hooks, 2)
+    worker = make_worker(hooks)
+    await asyncio.wait_for(worker.stop(5.0), WAIT)
+    await asyncio.wait_for(worker.run(), WAIT)
+    assert outcomes.items == []
+    assert all(r["state"] == "pending" and r["claimed_by"] is None for r in await rows(store))
+
+
 async def test_stop_lets_in_flight_attempts_finish(
     store: Store, holding: HoldingServer, make_worker: MakeWorker, outcomes: Outcomes
 ) -> None:

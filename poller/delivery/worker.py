@@ -112,7 +112,7 @@ class DeliveryWorker:
             if self._stopping:
                 # stop() began during the claim: these will not be attempted now.
                 if claims:
-                    await self._store.unclaim(claims)
+                    await self._store.release_claims(claims)
                 return claimed, idle
             for claim in claims:
                 self._start(target, claim)
@@ -146,18 +146,17 @@ class DeliveryWorker:
         try:
             attempt = await self._sender.send(target, claim.event_id, claim.body.encode())
             now = utcnow()
+            retry_at: dt.datetime | None = None
             if attempt.ok:
-                assert attempt.status is not None
-                kept = await self._outcomes.submit(AttemptRecord(claim, now, attempt.status))
                 outcome = "delivered"
             else:
                 delay = self._policy.delay_after(attempt_no, attempt.retry_after)
-                retry_at = None if delay is None else now + _seconds(delay)
-                error = attempt.error or "failed"
-                kept = await self._outcomes.submit(
-                    AttemptRecord(claim, now, attempt.status, error, retry_at)
-                )
+                if delay is not None:
+                    retry_at = now + dt.timedelta(seconds=delay)
                 outcome = "dead" if retry_at is None else "retry"
+            kept = await self._outcomes.submit(
+                AttemptRecord(claim, now, attempt.status, attempt.error, retry_at)
+            )
         except Exception:
             # Left claimed: the claim expires and another attempt follows.
             log.exception("delivery_error")
@@ -173,7 +172,7 @@ class DeliveryWorker:
             status=attempt.status,
             error=attempt.error,
             duration_ms=round(attempt.duration * 1000, 1),
-            **({"retry_at": retry_at.isoformat()} if outcome == "retry" and retry_at else {}),
+            **({"retry_at": retry_at.isoformat()} if retry_at and outcome == "retry" else {}),
         )
 
     async def stop(self, grace: float) -> None:
@@ -182,14 +181,15 @@ class DeliveryWorker:
         self._wake.set()
         deadline = asyncio.get_running_loop().time() + grace
         # A claim in progress may still start deliveries: let the loop finish its
-        # turn, or cut it short (its transaction then rolls back).
-        try:
-            await asyncio.wait_for(asyncio.shield(self._loop_done.wait()), grace)
-        except TimeoutError:
-            if self._run_task is not None:
+        # turn, or cut it short (its transaction then rolls back). A run() not
+        # started yet will see _stopping and claim nothing.
+        if self._run_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._loop_done.wait()), grace)
+            except TimeoutError:
                 self._cut_short = True
                 self._run_task.cancel()
-            await self._loop_done.wait()
+                await self._loop_done.wait()
         pending = [t for tasks in self._inflight.values() for t in tasks]
         remaining = deadline - asyncio.get_running_loop().time()
         interrupted = await finish_or_cancel(pending, remaining)
@@ -197,7 +197,3 @@ class DeliveryWorker:
             self._log.warning("deliveries_interrupted", count=interrupted)
         await self._outcomes.drain()  # outcomes of interrupted attempts, if already sent
         await self._store.release_claims()
-
-
-def _seconds(value: float) -> dt.timedelta:
-    return dt.timedelta(seconds=value)

@@ -383,18 +383,9 @@ class Store:
         the delivery worker hands in every outcome that finished while the previous
         write ran (see poller.batch).
         """
-        ours = and_(deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING)
-        if len(records) == 1:
-            record = records[0]
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id == record.claim.delivery_id, ours)
-                    .values({**_attempt_values(record), **_COUNT_ATTEMPT})
-                )
-            return [bool(result.rowcount)]
         if not records:
             return []
+        ours = and_(deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING)
         ids = [r.claim.delivery_id for r in records]
         async with self.engine.begin() as conn:
             # Locked (on PostgreSQL) until the commit, so what is still ours stays ours.
@@ -435,25 +426,14 @@ class Store:
                 )
         return kept
 
-    async def unclaim(self, claims: Sequence[Claim]) -> None:
-        """Hand back claims that will not be attempted (claimed as a stop began)."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.id.in_([c.delivery_id for c in claims]),
-                    deliveries.c.claimed_by == self.instance_id,
-                )
-                .values(claimed_by=None, claimed_until=None)
-            )
-
-    async def release_claims(self) -> int:
-        """Hand this instance's claimed deliveries back, to be retried at once."""
+    async def release_claims(self, claims: Sequence[Claim] | None = None) -> int:
+        """Hand back these claims (default: all of this instance's), to be retried at once."""
+        mine = [deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING]
+        if claims is not None:
+            mine.append(deliveries.c.id.in_([c.delivery_id for c in claims]))
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING)
-                .values(claimed_by=None, claimed_until=None)
+                update(deliveries).where(*mine).values(claimed_by=None, claimed_until=None)
             )
         return int(result.rowcount)
 
