@@ -80,6 +80,11 @@ class PollConfig:
     backfill: bool
     max_concurrency: int  # cap on concurrent API requests across all rooms
     lease_ttl: float  # how long a room stays with an instance that stopped renewing it
+    # Bounds on one walk of a room: far above any real room, they stop a hostile or
+    # broken API from holding a room (or the process's memory) forever.
+    max_pages: int  # pages per walk
+    max_page_bytes: int  # bytes per response body
+    max_page_events: int  # events per page
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +253,16 @@ _HMS_KEYS = (
     "event_types",
     "request_timeout",
 )
-_POLL_KEYS = ("interval", "page_size", "backfill", "max_concurrency", "lease_ttl")
+_POLL_KEYS = (
+    "interval",
+    "page_size",
+    "backfill",
+    "max_concurrency",
+    "lease_ttl",
+    "max_pages",
+    "max_page_bytes",
+    "max_page_events",
+)
 _STORE_KEYS = ("url",)
 _DELIVERY_KEYS = ("timeout", "retry_schedule", "max_concurrency")
 _SERVER_KEYS = ("listen",)
@@ -622,6 +636,9 @@ def _read_poll(top: _Table) -> PollConfig:
         # Long enough to survive a few slow polls, short enough that a dead
         # instance's rooms move on within a minute or so.
         lease_ttl=t.duration("lease_ttl", max(3 * interval, 30.0)),
+        max_pages=t.integer("max_pages", 10_000, 1),
+        max_page_bytes=t.integer("max_page_bytes", 16 * 1024 * 1024, 1024),
+        max_page_events=t.integer("max_page_events", 1_000, 1),
     )
 
 

@@ -118,6 +118,9 @@ page_size = 50
 backfill = false
 max_concurrency = 3
 lease_ttl = "2m"
+max_pages = 500
+max_page_bytes = 2048
+max_page_events = 200
 
 [store]
 url = "postgresql://poller:{DB_PASSWORD}@db.example.com:5432/poller"
@@ -175,7 +178,14 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
             request_timeout=5.0,
         ),
         poll=PollConfig(
-            interval=60.0, page_size=50, backfill=False, max_concurrency=3, lease_ttl=120.0
+            interval=60.0,
+            page_size=50,
+            backfill=False,
+            max_concurrency=3,
+            lease_ttl=120.0,
+            max_pages=500,
+            max_page_bytes=2048,
+            max_page_events=200,
         ),
         store=StoreConfig(
             url=Secret(f"postgresql+asyncpg://poller:{DB_PASSWORD}@db.example.com:5432/poller")
@@ -223,7 +233,14 @@ def test_defaults(tmp_path: Path) -> None:
         request_timeout=10.0,
     )
     assert config.poll == PollConfig(
-        interval=30.0, page_size=100, backfill=True, max_concurrency=8, lease_ttl=90.0
+        interval=30.0,
+        page_size=100,
+        backfill=True,
+        max_concurrency=8,
+        lease_ttl=90.0,
+        max_pages=10_000,
+        max_page_bytes=16 * 1024 * 1024,
+        max_page_events=1_000,
     )
     assert config.store.url.reveal() == "sqlite+aiosqlite:////var/lib/poller/poller.db"
     assert config.delivery == DeliveryConfig(
