@@ -28,7 +28,7 @@ import aiohttp
 
 from bench.events import EVENT_TYPE, backlog, compact, room_ids
 from poller import __version__
-from poller.delivery.signing import SigningKey
+from poller.signing import SigningKey
 
 USER_AGENT = f"poller-baseline/{__version__}"
 

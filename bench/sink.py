@@ -21,7 +21,7 @@ import time
 from aiohttp import web
 
 from bench.procs import serve_until_signalled
-from poller.delivery.signing import InvalidSignature, SigningKey
+from poller.signing import InvalidSignature, SigningKey
 
 _VERIFY_FIRST = 50
 

@@ -757,7 +757,7 @@ def _read_headers(t: _Table) -> tuple[tuple[str, str], ...]:
 
 
 def _webhook_secret(t: _Table, env_var: str) -> Secret:
-    from poller.delivery.signing import InvalidSecret, SigningKey
+    from poller.signing import InvalidSecret, SigningKey
 
     sourced = t.secret("secret", env_var)
     if sourced is None:

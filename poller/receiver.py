@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from poller.delivery.signing import InvalidSignature, SigningKey
+from poller.signing import InvalidSignature, SigningKey
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from poller.delivery.signing import InvalidSecret, InvalidSignature, SigningKey
+from poller.signing import InvalidSecret, InvalidSignature, SigningKey
 from tests.conftest import make_secret
 
 MSG_ID = "f3f18235-058c-432b-b8c2-8344c92743f6"

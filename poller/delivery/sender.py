@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from poller.config import WebhookConfig
-from poller.delivery.signing import SigningKey
+from poller.signing import SigningKey
 from poller.timeutil import parse_retry_after
 
 # Receivers may answer with a page of HTML; we only need the status.
