@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from poller.config import (
     resolve_config_path,
 )
 from poller.errors import ConfigError
+from poller.signing import InvalidSecret, SigningKey
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"another-webhook-key-of-32-bytes!").decode()
@@ -825,6 +828,67 @@ ERROR_CASES = [
         "not a valid SQLAlchemy URL",
         id="store-url-bad-port",
     ),
+    # shapes the cases above do not reach
+    pytest.param(
+        toml(top="webhooks = [1]", webhooks=""),
+        "webhooks[0]",
+        "expected a table ([[webhooks]]), got an integer",
+        id="webhooks-item-not-a-table",
+    ),
+    pytest.param(
+        toml(tables='[delivery]\nretry_schedule = "5s"\n'),
+        "delivery.retry_schedule",
+        "expected an array of durations, got a string",
+        id="retry-schedule-string",
+    ),
+    pytest.param(
+        toml(tables="[poll]\ninterval = 2024-01-01\n"),
+        "poll.interval",
+        "expected a number of seconds or a string like '30s' (units: ms, s, m, h), got a date/time",
+        id="interval-date",
+    ),
+    pytest.param(
+        toml(tables='[poll]\nlease_ttl = "0s"\n'),
+        "poll.lease_ttl",
+        "must be greater than 0",
+        id="lease-ttl-zero",
+    ),
+    pytest.param(
+        toml(tables="[poll]\nmax_page_bytes = 10\n"),
+        "poll.max_page_bytes",
+        "must be at least 1024, got 10",
+        id="max-page-bytes-small",
+    ),
+    pytest.param(
+        toml(tables="[log]\nlevel = 3\n"),
+        "log.level",
+        "expected a string, got an integer",
+        id="log-level-int",
+    ),
+    pytest.param(
+        toml(tables="[server]\nlisten = 9464\n"),
+        "server.listen",
+        "expected a string, got an integer",
+        id="listen-int",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'headers = { "X-Api" = ["1"] }\n'),
+        "webhooks[0].headers.X-Api",
+        "expected a string, got an array",
+        id="header-value-array",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + "max_concurency = 3\n"),
+        "webhooks[0].max_concurency",
+        "unknown key (did you mean 'max_concurrency'?)",
+        id="unknown-webhook-key-hint",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'secrets = "x"\n'),
+        "webhooks[0].secrets",
+        "unknown key (did you mean 'secret'?)",
+        id="unknown-webhook-secret-key-hint",
+    ),
 ]
 
 
@@ -1037,6 +1101,39 @@ def test_webhook_env_secret_and_inline_is_an_error(tmp_path: Path) -> None:
         error
     )
     assert_no_secret(str(error))
+
+
+# --- the webhook's signing key -----------------------------------------------------------
+
+
+def test_webhook_signing_key_is_decoded_at_load(tmp_path: Path) -> None:
+    (webhook,) = load(tmp_path, toml()).webhooks
+
+    assert webhook.signing_key == SigningKey.from_secret(WEBHOOK_SECRET)
+    assert "signing_key" not in repr(webhook)
+
+
+def test_webhook_config_refuses_a_secret_that_is_no_key() -> None:
+    with pytest.raises(InvalidSecret, match="not a base64 Standard Webhooks secret"):
+        WebhookConfig(
+            name="recordings",
+            url="https://example.com/hook",
+            secret=Secret(BAD_WEBHOOK_SECRET),
+            event_types=None,
+            rooms=None,
+            headers=(),
+            max_concurrency=1,
+        )
+
+
+def test_config_does_not_import_delivery() -> None:
+    # The package cycle this removed: config validated secrets through poller.delivery.
+    code = (
+        "import sys, poller.config; "
+        "print(sorted(m for m in sys.modules if m.startswith('poller.delivery')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --- never showing secrets ---------------------------------------------------------------

@@ -395,6 +395,19 @@ async def test_retry_after_only_counts_on_429_and_503(
 # --- hygiene ------------------------------------------------------------------------
 
 
+def test_target_signs_with_the_key_decoded_at_load() -> None:
+    webhook = WebhookConfig(
+        name="all",
+        url="https://example.com/hook",
+        secret=Secret(make_secret()),
+        event_types=None,
+        rooms=None,
+        headers=(),
+        max_concurrency=4,
+    )
+    assert Target.from_config(webhook).key is webhook.signing_key
+
+
 async def test_target_repr_hides_url_key_and_headers(receiver: Receiver) -> None:
     secret = make_secret()
     hook = target(f"{receiver.url('all')}?token={TOKEN}", secret, headers=(("X-Api-Key", "k9"),))

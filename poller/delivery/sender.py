@@ -18,7 +18,7 @@ _MAX_RESPONSE_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A webhook ready to send to: URL, decoded signing key, static headers, concurrency."""
+    """A webhook ready to send to: URL, signing key, static headers, concurrency."""
 
     name: str
     url: str = field(repr=False)  # may carry a token in its query string
@@ -28,11 +28,11 @@ class Target:
 
     @classmethod
     def from_config(cls, webhook: WebhookConfig) -> Target:
-        """Build a target from a validated webhook config."""
+        """Build a target from a validated webhook config (its key was decoded at load)."""
         return cls(
             name=webhook.name,
             url=webhook.url,
-            key=SigningKey.from_secret(webhook.secret.reveal()),
+            key=webhook.signing_key,
             headers=dict(webhook.headers),
             max_concurrency=webhook.max_concurrency,
         )

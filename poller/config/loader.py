@@ -1,0 +1,253 @@
+"""Reading the config: TOML, the declared shape, secret sources, then the rules across keys."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from poller.config.messages import Loc, Source, key_path, translate
+from poller.config.model import (
+    Config,
+    DeliveryConfig,
+    HmsConfig,
+    LogConfig,
+    PollConfig,
+    RoomConfig,
+    Secret,
+    ServerConfig,
+    StoreConfig,
+    WebhookConfig,
+)
+from poller.config.schema import ConfigFile, HmsTable, WebhookTable
+from poller.config.secrets import read_secret
+from poller.config.values import HEADER_NAME
+from poller.signing import InvalidSecret
+
+__all__ = ["CONFIG_PATH_ENV", "DEFAULT_CONFIG_PATH", "load_config", "resolve_config_path"]
+
+DEFAULT_CONFIG_PATH = Path("/etc/poller/config.toml")
+CONFIG_PATH_ENV = "POLLER_CONFIG"
+
+# Headers poller sets itself, plus framing headers that must match the body it sends.
+_RESERVED_HEADERS = frozenset({"content-type", "user-agent", "content-length", "transfer-encoding"})
+
+
+def resolve_config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
+    """The config file to read: ``-c`` value, else ``$POLLER_CONFIG``, else the default path."""
+    if cli_value is not None:
+        return Path(cli_value)
+    # An empty variable is how shells and unit files "unset" it, so it counts as absent.
+    from_env = environ.get(CONFIG_PATH_ENV)
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file; any problem raises ConfigError naming the key."""
+    src = Source(Path(path), os.environ if environ is None else environ)
+    try:
+        file = ConfigFile.model_validate(_read_toml(src))
+    except ValidationError as e:
+        raise translate(src, e, ConfigFile) from None
+    hms = _hms(src, file.hms)
+    rooms = _rooms(src, file)
+    poll, delivery, store = file.poll, file.delivery, file.store
+    return Config(
+        path=src.path,
+        hms=hms,
+        poll=PollConfig(
+            interval=poll.interval,
+            page_size=poll.page_size,
+            backfill=poll.backfill,
+            max_concurrency=poll.max_concurrency,
+            # Long enough to survive a few slow polls, short enough that a dead
+            # instance's rooms move on within a minute or so.
+            lease_ttl=(max(3 * poll.interval, 30.0) if poll.lease_ttl is None else poll.lease_ttl),
+            max_pages=poll.max_pages,
+            max_page_bytes=poll.max_page_bytes,
+            max_page_events=poll.max_page_events,
+        ),
+        store=StoreConfig(url=Secret(store.url)),
+        delivery=DeliveryConfig(
+            timeout=delivery.timeout,
+            retry_schedule=tuple(delivery.retry_schedule),
+            max_concurrency=delivery.max_concurrency,
+        ),
+        server=ServerConfig(*file.server.listen) if file.server else None,
+        log=LogConfig(level=file.log.level, format=file.log.format),
+        rooms=rooms,
+        webhooks=_webhooks(src, file.webhooks, hms, rooms, delivery.max_concurrency),
+        shutdown_grace=file.shutdown_grace,
+        instance_id=file.instance_id,
+    )
+
+
+def _read_toml(src: Source) -> dict[str, object]:
+    try:
+        with src.path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        problem = "config file not found (choose one with -c or $POLLER_CONFIG)"
+        raise src.error((), problem) from None
+    except OSError as e:
+        raise src.error((), f"cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise src.error((), "the config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's messages name the line and column, never the offending text.
+        raise src.error((), f"invalid TOML: {e}") from None
+
+
+def _unique(src: Source, items: Iterable[tuple[Loc, str]], what: str = "") -> None:
+    """Reject the second of two equal values, naming where the first one is."""
+    first_seen: dict[str, Loc] = {}
+    for loc, value in items:
+        if value in first_seen:
+            raise src.error(loc, f"duplicate {what}{value!r} (also {key_path(first_seen[value])})")
+        first_seen[value] = loc
+
+
+def _strings(src: Source, loc: Loc, values: Sequence[str] | None) -> frozenset[str] | None:
+    if values is None:
+        return None
+    _unique(src, [((*loc, index), value) for index, value in enumerate(values)])
+    return frozenset(values)
+
+
+def _hms(src: Source, hms: HmsTable) -> HmsConfig:
+    loc = ("hms",)
+    _strings(src, (*loc, "event_types"), hms.event_types)
+    secret = read_secret(
+        src, loc, "app_secret", hms.app_secret, hms.app_secret_file, "POLLER_HMS_APP_SECRET"
+    )
+    token = read_secret(
+        src,
+        loc,
+        "management_token",
+        hms.management_token,
+        hms.management_token_file,
+        "POLLER_HMS_MANAGEMENT_TOKEN",
+    )
+    if token is not None and (hms.access_key is not None or secret is not None):
+        problem = (
+            f"management_token{token.via()} and access_key + app_secret are both given; "
+            "give only one of them"
+        )
+        raise src.error((*loc, "management_token"), problem)
+    if token is None:
+        if hms.access_key is None and secret is None:
+            problem = (
+                "give either access_key + app_secret (tokens are minted) "
+                "or management_token (one fixed token)"
+            )
+            raise src.error(loc, problem)
+        if secret is None:
+            problem = (
+                "is required with access_key "
+                "(inline, as app_secret_file or through $POLLER_HMS_APP_SECRET)"
+            )
+            raise src.error((*loc, "app_secret"), problem)
+        if hms.access_key is None:
+            raise src.error((*loc, "access_key"), f"is required with app_secret{secret.via()}")
+    return HmsConfig(
+        base_url=hms.base_url.rstrip("/"),
+        event_types=tuple(hms.event_types),
+        access_key=hms.access_key,
+        app_secret=secret.secret if secret else None,
+        management_token=token.secret if token else None,
+        request_timeout=hms.request_timeout,
+    )
+
+
+def _rooms(src: Source, file: ConfigFile) -> tuple[RoomConfig, ...]:
+    if not file.rooms:
+        raise src.error(("rooms",), "at least one [[rooms]] is required")
+    _unique(src, [(("rooms", i, "id"), room.id) for i, room in enumerate(file.rooms)], "room id ")
+    return tuple(RoomConfig(id=room.id) for room in file.rooms)
+
+
+def _webhooks(
+    src: Source,
+    tables: Sequence[WebhookTable],
+    hms: HmsConfig,
+    rooms: tuple[RoomConfig, ...],
+    max_concurrency: int,
+) -> tuple[WebhookConfig, ...]:
+    if not tables:
+        raise src.error(("webhooks",), "at least one [[webhooks]] is required")
+    by_env_var: dict[str, tuple[str, Loc]] = {}
+    webhooks: list[WebhookConfig] = []
+    for index, t in enumerate(tables):
+        loc = ("webhooks", index)
+        env_var = f"POLLER_WEBHOOK_{t.name.upper().replace('-', '_')}_SECRET"
+        # "a-b" and "a_b" would read the same variable, so they are as ambiguous as twins.
+        if env_var in by_env_var:
+            other_name, other_loc = by_env_var[env_var]
+            if other_name == t.name:
+                problem = f"duplicate webhook name {t.name!r} (also {key_path(other_loc)})"
+            else:
+                problem = f"{t.name!r} and {other_name!r} ({key_path(other_loc)}) share ${env_var}"
+            raise src.error((*loc, "name"), problem)
+        by_env_var[env_var] = (t.name, (*loc, "name"))
+        secret = read_secret(src, loc, "secret", t.secret, t.secret_file, env_var)
+        if secret is None:
+            problem = f"is required (inline, as secret_file or through ${env_var})"
+            raise src.error((*loc, "secret"), problem)
+        event_types = _filter(
+            src, (*loc, "event_types"), t.event_types, hms.event_types, "hms.event_types"
+        )
+        room_filter = _filter(
+            src, (*loc, "rooms"), t.rooms, [r.id for r in rooms], "the [[rooms]] ids"
+        )
+        headers = _headers(src, (*loc, "headers"), t.headers)
+        try:
+            webhook = WebhookConfig(
+                name=t.name,
+                url=t.url,
+                secret=secret.secret,
+                event_types=event_types,
+                rooms=room_filter,
+                headers=headers,
+                max_concurrency=(
+                    max_concurrency if t.max_concurrency is None else t.max_concurrency
+                ),
+            )
+        except InvalidSecret as e:  # the message never carries the secret, nor does via()
+            raise src.error((*loc, "secret"), f"{e}{secret.via()}") from None
+        webhooks.append(webhook)
+    return tuple(webhooks)
+
+
+def _filter(
+    src: Source, loc: Loc, values: Sequence[str] | None, known: Iterable[str], what: str
+) -> frozenset[str] | None:
+    chosen = _strings(src, loc, values)
+    allowed = set(known)
+    for index, value in enumerate(values or ()):
+        if value not in allowed:
+            raise src.error((*loc, index), f"{value!r} is not in {what}, so it would never match")
+    return chosen
+
+
+def _headers(src: Source, loc: Loc, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    first_seen: dict[str, Loc] = {}
+    for name in headers:
+        if not HEADER_NAME.fullmatch(name):
+            raise src.error(loc, f"{name!r} is not a valid HTTP header name")
+        lower = name.lower()
+        if lower.startswith("webhook-") or lower in _RESERVED_HEADERS:
+            problem = (
+                "is set by poller itself; static headers may not set webhook-*, "
+                f"{', '.join(sorted(_RESERVED_HEADERS))}"
+            )
+            raise src.error((*loc, name), problem)
+        if lower in first_seen:
+            problem = (
+                f"duplicate header (also {key_path(first_seen[lower])}; names are case-insensitive)"
+            )
+            raise src.error((*loc, name), problem)
+        first_seen[lower] = (*loc, name)
+    return tuple(headers.items())

@@ -1,0 +1,152 @@
+"""The config the daemon uses: frozen dataclasses and value classes, built once by the loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from poller.config.values import mask_url
+from poller.signing import SigningKey
+
+__all__ = [
+    "Config",
+    "DeliveryConfig",
+    "HmsConfig",
+    "LogConfig",
+    "LogFormat",
+    "LogLevel",
+    "PollConfig",
+    "RoomConfig",
+    "Secret",
+    "ServerConfig",
+    "StoreConfig",
+    "WebhookConfig",
+]
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "console"]
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret value that never shows itself in repr/str/logs; ``reveal()`` to use it."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that needs it."""
+        return self._value
+
+    def __str__(self) -> str:
+        return "********"
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+
+@dataclass(frozen=True, slots=True)
+class HmsConfig:
+    base_url: str  # no trailing slash
+    event_types: tuple[str, ...]
+    access_key: str | None
+    app_secret: Secret | None
+    management_token: Secret | None
+    request_timeout: float  # seconds, per API request
+
+
+@dataclass(frozen=True, slots=True)
+class PollConfig:
+    interval: float  # seconds between polls of one room
+    page_size: int  # 1..100
+    backfill: bool
+    max_concurrency: int  # cap on concurrent API requests across all rooms
+    lease_ttl: float  # how long a room stays with an instance that stopped renewing it
+    # Bounds on one walk of a room: far above any real room, they stop a hostile or
+    # broken API from holding a room (or the process's memory) forever.
+    max_pages: int  # pages per walk
+    max_page_bytes: int  # bytes per response body
+    max_page_events: int  # events per page
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: Secret  # may hold a database password; see masked_url()
+
+    def masked_url(self) -> str:
+        """The URL with any password replaced by ``***``."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url.reveal()).render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    timeout: float  # seconds per attempt
+    retry_schedule: tuple[float, ...]  # delays after failed attempts
+    max_concurrency: int  # default in-flight deliveries per webhook
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: LogLevel
+    format: LogFormat
+
+
+@dataclass(frozen=True, slots=True)
+class RoomConfig:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """One webhook; building it decodes its secret (InvalidSecret when that fails)."""
+
+    name: str
+    url: str
+    secret: Secret
+    event_types: frozenset[str] | None  # None: all
+    rooms: frozenset[str] | None  # None: all
+    headers: tuple[tuple[str, str], ...]
+    max_concurrency: int
+    # Derived from ``secret`` (so not compared): decoded once here, so that a bad secret
+    # fails at load time and every attempt signs with the same key without decoding again.
+    signing_key: SigningKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signing_key", SigningKey.from_secret(self.secret.reveal()))
+
+    def matches(self, room_id: str, event_type: str) -> bool:
+        """Whether an event of this room and type goes to this webhook."""
+        return (self.event_types is None or event_type in self.event_types) and (
+            self.rooms is None or room_id in self.rooms
+        )
+
+    def __repr__(self) -> str:
+        # Static headers usually carry an API key and URLs may embed credentials, so the
+        # generated repr would leak them into logs and tracebacks.
+        shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        shown["url"] = mask_url(self.url)
+        shown["headers"] = tuple((name, "***") for name, _ in self.headers)
+        return f"WebhookConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    hms: HmsConfig
+    poll: PollConfig
+    store: StoreConfig
+    delivery: DeliveryConfig
+    server: ServerConfig | None
+    log: LogConfig
+    rooms: tuple[RoomConfig, ...]
+    webhooks: tuple[WebhookConfig, ...]
+    shutdown_grace: float
+    instance_id: str | None  # None: hostname:pid

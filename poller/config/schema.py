@@ -1,0 +1,344 @@
+"""The config file's shape, declared once: keys, types, defaults, ranges, single-value checks.
+
+The loader validates the TOML document against ``ConfigFile``, and ``poller config-schema``
+prints the JSON Schema generated from the same declarations (field docstrings become its
+descriptions). Rules that span keys (auth modes, duplicates, filters that must match, secret
+sources) are the loader's. These models never leave the loader.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, get_args
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
+
+from poller.config.durations import DURATION_PATTERN, parse_duration
+from poller.config.messages import IfEmpty, Items, problem
+from poller.config.model import LogFormat, LogLevel
+from poller.config.values import (
+    HEADER_NAME,
+    STORE_URL_PATTERN,
+    http_url_problem,
+    parse_listen,
+    store_url,
+    type_name,
+)
+
+__all__ = ["ConfigFile", "HmsTable", "WebhookTable", "json_schema"]
+
+_WEBHOOK_NAME = re.compile(r"[a-z0-9_-]+")
+
+# --- single-value checks: each raises problem() with our wording --------------------------
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise problem(f"expected a string, got {type_name(value)}")
+    if not value.strip():
+        raise problem("must not be empty")
+    return value
+
+
+def _checked(check: Callable[[str], str | None]) -> PlainValidator:
+    """A validator of non-blank strings in which ``check`` finds no problem."""
+
+    def validate(value: object) -> str:
+        text = _text(value)
+        if (found := check(text)) is not None:
+            raise problem(found)
+        return text
+
+    return PlainValidator(validate)
+
+
+def _parsed(parse: Callable[[str], object]) -> PlainValidator:
+    """A validator of non-blank strings that ``parse`` accepts; its ValueError is the problem."""
+
+    def validate(value: object) -> object:
+        try:
+            return parse(_text(value))
+        except ValueError as e:
+            raise problem(str(e)) from None
+
+    return PlainValidator(validate)
+
+
+def _duration(*, allow_zero: bool) -> PlainValidator:
+    def validate(value: object) -> float:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            raise problem(str(e)) from None
+        if seconds == 0 and not allow_zero:
+            raise problem("must be greater than 0")
+        return seconds
+
+    return PlainValidator(validate)
+
+
+def _one_of(choices: tuple[str, ...]) -> PlainValidator:
+    """A validator of one of ``choices``, in any case (``DEBUG`` is ``debug``)."""
+
+    def validate(value: object) -> str:
+        text = _text(value)
+        if text.lower() not in choices:
+            raise problem(f"must be one of {', '.join(choices)}; got {text!r}")
+        return text.lower()
+
+    return PlainValidator(validate)
+
+
+def _api_base(value: str) -> str | None:
+    if found := http_url_problem(value):
+        return found
+    parts = urlsplit(value)
+    if parts.query or parts.fragment:
+        return "must not have a query or fragment (API paths are appended)"
+    return None
+
+
+def _webhook_name(value: str) -> str | None:
+    if _WEBHOOK_NAME.fullmatch(value):
+        return None
+    return f"{value!r} may only contain lowercase letters, digits, '_' and '-'"
+
+
+def _header_value(value: object) -> str:
+    if not isinstance(value, str):
+        raise problem(f"expected a string, got {type_name(value)}")
+    if any(c in value for c in "\r\n\0"):
+        raise problem("must not contain CR, LF or NUL characters")
+    return value
+
+
+def _any_case(choices: tuple[str, ...]) -> WithJsonSchema:
+    """The choices for an editor to offer, and the same in any case as the loader takes them."""
+    any_case = "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in word) for word in choices)
+    return WithJsonSchema(
+        {"anyOf": [{"enum": list(choices)}, {"type": "string", "pattern": f"^({any_case})$"}]}
+    )
+
+
+def _string(pattern: str) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "pattern": pattern})
+
+
+# --- value types: the check, what an editor is told, and how an array of them is named ----
+
+_HTTP = "^[Hh][Tt][Tt][Pp][Ss]?://"
+_DURATION = {"type": "string", "pattern": DURATION_PATTERN}
+
+# A string with something in it; TOML has no null, so an absent key is how to say "none".
+Text = Annotated[str, PlainValidator(_text), _string(r"\S"), Items("strings")]
+HttpUrl = Annotated[str, _checked(http_url_problem), _string(_HTTP)]
+ApiBase = Annotated[str, _checked(_api_base), _string(_HTTP + "[^?#]*$")]
+StoreUrl = Annotated[str, _parsed(store_url), _string(STORE_URL_PATTERN)]
+Listen = Annotated[tuple[str, int], _parsed(parse_listen), _string(r"^\S+:[0-9]+$")]
+WebhookName = Annotated[str, _checked(_webhook_name), _string(f"^{_WEBHOOK_NAME.pattern}$")]
+HeaderValue = Annotated[str, PlainValidator(_header_value), _string(r"^[^\r\n\x00]*$")]
+Level = Annotated[LogLevel, _one_of(get_args(LogLevel)), _any_case(get_args(LogLevel))]
+Format = Annotated[LogFormat, _one_of(get_args(LogFormat)), _any_case(get_args(LogFormat))]
+Duration = Annotated[
+    float,
+    _duration(allow_zero=True),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, _DURATION]}),
+    Items("durations"),
+]
+PositiveDuration = Annotated[
+    float,
+    _duration(allow_zero=False),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _DURATION]}),
+    Items("durations"),
+]
+Concurrency = Annotated[int, Field(ge=1)]
+# Unique strings; duplicates are found by the loader, which names both places.
+Strings = Annotated[list[Text], Field(min_length=1, json_schema_extra={"uniqueItems": True})]
+Headers = Annotated[
+    dict[str, HeaderValue],
+    Field(json_schema_extra={"propertyNames": {"pattern": f"^{HEADER_NAME.pattern}$"}}),
+]
+
+
+# --- the tables ------------------------------------------------------------------------
+
+
+class _Table(BaseModel):
+    # strict: TOML's types are the file's types ("100" is not a number, 1.0 not an integer);
+    # forbid: a misspelt key must not pass silently.
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
+    )
+
+
+class HmsTable(_Table):
+    """The 100ms API and its credentials: access_key + app_secret, or management_token."""
+
+    base_url: ApiBase = "https://api.100ms.live/v2"
+    """The 100ms API, without a query or fragment."""
+    access_key: Text | None = None
+    """The app access key: with app_secret, poller mints management tokens and renews them."""
+    app_secret: Text | None = Field(None, repr=False)
+    """The app secret (or app_secret_file, or $POLLER_HMS_APP_SECRET)."""
+    app_secret_file: Text | None = None
+    """A file holding the app secret, relative to this file; ${CREDENTIALS_DIRECTORY} works."""
+    management_token: Text | None = Field(None, repr=False)
+    """One fixed management token instead of access_key + app_secret (it expires)."""
+    management_token_file: Text | None = None
+    """A file holding the management token (or $POLLER_HMS_MANAGEMENT_TOKEN)."""
+    event_types: Strings = Field(["beam.recording.success"])
+    """The event types to ask the API for."""
+    request_timeout: PositiveDuration = Field("10s", validate_default=True)
+    """Per API request: seconds, or a string like "10s"."""
+
+
+class PollTable(_Table):
+    """When and how much to ask the API for."""
+
+    interval: PositiveDuration = Field("30s", validate_default=True)
+    """Per room; rooms are spread over the interval."""
+    page_size: Annotated[int, Field(ge=1, le=100)] = 100
+    """Events per request, 1..100."""
+    backfill: bool = True
+    """true: events already in the API when a room is first polled are delivered; false: they
+    are only recorded as seen."""
+    max_concurrency: Concurrency = 8
+    """API requests in flight at once, across all rooms."""
+    lease_ttl: PositiveDuration | None = None
+    """How long the rooms of an instance that stopped stay with it (default: max(3 x interval,
+    30s))."""
+    max_pages: Annotated[int, Field(ge=1)] = 10_000
+    """Pages per walk of a room; a walk that hits it is recorded as that poll's error."""
+    max_page_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    """Bytes per API response."""
+    max_page_events: Annotated[int, Field(ge=1)] = 1_000
+    """Events per page."""
+
+
+class StoreTable(_Table):
+    """Where seen events and owed deliveries are kept."""
+
+    url: StoreUrl = Field(
+        "sqlite+aiosqlite:////var/lib/poller/poller.db", validate_default=True, repr=False
+    )
+    """A SQLAlchemy URL: SQLite (four slashes: an absolute path) or PostgreSQL."""
+
+
+class DeliveryTable(_Table):
+    """How webhooks are called."""
+
+    timeout: PositiveDuration = Field("10s", validate_default=True)
+    """Per attempt; only a 2xx within it is success."""
+    retry_schedule: list[Duration] = Field(
+        ["5s", "5m", "30m", "2h", "5h", "10h", "10h"], validate_default=True
+    )
+    """Delays after failed attempts: n delays mean up to n + 1 attempts, [] one attempt."""
+    max_concurrency: Concurrency = 4
+    """Default in-flight deliveries per webhook."""
+
+
+class ServerTable(_Table):
+    """/healthz, /readyz and /metrics; omit the table to disable them."""
+
+    listen: Listen = Field("127.0.0.1:9464", validate_default=True)
+    """host:port or [v6-address]:port."""
+
+
+class LogTable(_Table):
+    """What poller logs and how."""
+
+    level: Level = "info"
+    """debug, info, warning or error."""
+    format: Format = "auto"
+    """auto (JSON off a terminal), json or console."""
+
+
+class RoomTable(_Table):
+    """One room to poll."""
+
+    id: Text
+    """The room id."""
+
+
+class WebhookTable(_Table):
+    """One receiver of signed POSTs."""
+
+    name: WebhookName
+    """Unique, [a-z0-9_-]+; the secret's variable is $POLLER_WEBHOOK_<NAME>_SECRET."""
+    url: HttpUrl
+    """Where events are POSTed."""
+    secret: Text | None = Field(None, repr=False)
+    """A Standard Webhooks secret, "whsec_..." (or secret_file, or the environment)."""
+    secret_file: Text | None = None
+    """A file holding the secret, relative to this file; ${CREDENTIALS_DIRECTORY} works."""
+    event_types: Annotated[Strings | None, IfEmpty("omit it to receive all hms.event_types")] = None
+    """Only these event types (default: all of hms.event_types)."""
+    rooms: Annotated[Strings | None, IfEmpty("omit it to receive all the [[rooms]] ids")] = None
+    """Only these rooms (default: all)."""
+    headers: Headers = Field(default_factory=dict, repr=False)
+    """Static headers; not webhook-*, content-type, user-agent, content-length or
+    transfer-encoding."""
+    max_concurrency: Concurrency | None = None
+    """In-flight deliveries (default: delivery.max_concurrency)."""
+
+
+class ConfigFile(_Table):
+    """The poller config file (config.toml)."""
+
+    model_config = ConfigDict(title="poller config")
+
+    shutdown_grace: Duration = Field("10s", validate_default=True)
+    """How long SIGTERM/SIGINT may take for in-flight polls and deliveries to finish."""
+    instance_id: Text | None = None
+    """This instance's name in leases, logs and `poller status` (default: hostname:pid)."""
+    hms: HmsTable = Field(default_factory=HmsTable)
+    poll: PollTable = Field(default_factory=PollTable)
+    store: StoreTable = Field(default_factory=StoreTable)
+    delivery: DeliveryTable = Field(default_factory=DeliveryTable)
+    server: ServerTable | None = None
+    log: LogTable = Field(default_factory=LogTable)
+    rooms: list[RoomTable] = Field(default_factory=list)
+    """The rooms to poll ([[rooms]]); at least one."""
+    webhooks: list[WebhookTable] = Field(default_factory=list)
+    """The webhooks to deliver to ([[webhooks]]); at least one."""
+
+
+# --- JSON Schema -----------------------------------------------------------------------
+
+
+class _TomlSchema(GenerateJsonSchema):
+    """JSON Schema as a TOML editor needs it."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        # TOML has no null: None in a declaration means "key absent", which the schema says
+        # by not listing the key as required.
+        return self.generate_inner(schema["schema"])
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        json = super().default_schema(schema)
+        if json.get("default", ...) is None:
+            del json["default"]  # "absent" is not a value an editor could offer
+        return json
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False  # the key is its own title: "Page Size" beside page_size is noise
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the config file, for editors such as Taplo's."""
+    schema = ConfigFile.model_json_schema(schema_generator=_TomlSchema)
+    return {"$schema": _TomlSchema.schema_dialect, **_folded(schema)}
+
+
+def _folded(node: Any) -> Any:
+    """``node`` with each description on one line: docstrings wrap where the source does."""
+    if isinstance(node, dict):
+        return {
+            key: " ".join(value.split()) if key == "description" else _folded(value)
+            for key, value in node.items()
+        }
+    return [_folded(item) for item in node] if isinstance(node, list) else node

@@ -1,0 +1,68 @@
+"""The check-config summary: what the daemon will do, with every secret masked."""
+
+from __future__ import annotations
+
+from poller.config.durations import format_duration
+from poller.config.model import Config, ServerConfig, WebhookConfig
+from poller.config.values import mask_url
+
+__all__ = ["describe"]
+
+_MAX_ROOMS_SHOWN = 10
+
+
+def _listen(server: ServerConfig) -> str:
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return f"{host}:{server.port}"
+
+
+def _describe_webhook(webhook: WebhookConfig) -> list[str]:
+    def listed(values: frozenset[str] | None) -> str:
+        return "all" if values is None else ", ".join(sorted(values))
+
+    headers = ", ".join(f"{name}: ***" for name, _ in webhook.headers) or "none"
+    return [
+        f"  {webhook.name}: {mask_url(webhook.url)}",
+        f"    event types: {listed(webhook.event_types)}; rooms: {listed(webhook.rooms)}",
+        f"    headers: {headers}; max concurrency: {webhook.max_concurrency}",
+    ]
+
+
+def describe(config: Config) -> str:
+    """A short summary of ``config`` for ``poller check-config``, with every secret masked."""
+    hms, poll, delivery = config.hms, config.poll, config.delivery
+    if hms.access_key is not None:
+        auth = f"minted tokens for access key {hms.access_key}"
+    else:
+        auth = "fixed management token"
+    if delivery.retry_schedule:
+        delays = ", ".join(format_duration(d) for d in delivery.retry_schedule)
+        attempts = len(delivery.retry_schedule) + 1
+        retries = f"retries after {delays} (up to {attempts} attempts)"
+    else:
+        retries = "no retries (1 attempt)"
+    room_ids = [room.id for room in config.rooms]
+    rooms = ", ".join(room_ids[:_MAX_ROOMS_SHOWN])
+    if len(room_ids) > _MAX_ROOMS_SHOWN:
+        rooms += f" ... and {len(room_ids) - _MAX_ROOMS_SHOWN} more"
+    lines = [
+        f"config:      {config.path}",
+        f"100ms API:   {mask_url(hms.base_url)} ({auth}; "
+        f"request timeout {format_duration(hms.request_timeout)})",
+        f"event types: {', '.join(hms.event_types)}",
+        f"polling:     every {format_duration(poll.interval)}, page size {poll.page_size}, "
+        f"backfill {'on' if poll.backfill else 'off'}, "
+        f"up to {poll.max_concurrency} concurrent requests, "
+        f"room leases {format_duration(poll.lease_ttl)}",
+        f"store:       {config.store.masked_url()}",
+        f"delivery:    timeout {format_duration(delivery.timeout)}, {retries}",
+        f"server:      {_listen(config.server) if config.server else 'disabled'}",
+        f"log:         level {config.log.level}, format {config.log.format}",
+        f"shutdown:    grace {format_duration(config.shutdown_grace)}; "
+        f"instance id {config.instance_id or '<hostname>:<pid>'}",
+        f"{f'rooms ({len(room_ids)}):':<12} {rooms}",
+        f"webhooks ({len(config.webhooks)}):",
+    ]
+    for webhook in config.webhooks:
+        lines.extend(_describe_webhook(webhook))
+    return "\n".join(lines)
