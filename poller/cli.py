@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from poller import __version__
-from poller.config import Config, describe, load_config, resolve_config_path
+from poller.config import Config, describe, json_schema, load_config, resolve_config_path
 from poller.errors import UserError
 
 EXIT_USAGE = 2
@@ -41,6 +42,12 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     """Validate the config and print a summary with secrets masked."""
     print(describe(config))
     print("config OK")
+    return 0
+
+
+def cmd_config_schema() -> int:
+    """Print the JSON Schema of the config file (for editors; needs no config)."""
+    print(json.dumps(json_schema(), indent=2))
     return 0
 
 
@@ -142,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
     dl.add_argument("--id", type=int, action="append", default=[], help="retry this delivery id")
 
+    # -c is accepted (and not needed) so that a wrapper passing it to every command works.
+    sub.add_parser(
+        "config-schema",
+        parents=[common],
+        help="print the JSON Schema of the config file",
+        description="Prints the JSON Schema of config.toml, for editors that validate and "
+        "complete TOML with one (Taplo, VS Code's Even Better TOML).",
+    )
     demo = sub.add_parser(
         "demo",
         help="run poller against a built-in 100ms simulator and receiver",
@@ -164,6 +179,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             from poller.demo import run_demo
 
             return run_demo(events=args.events, timeout=args.timeout, verbose=args.verbose)
+        if args.command == "config-schema":
+            return cmd_config_schema()
         handler: Handler = args.handler
         return handler(args, _config(args, env))
     except UserError as exc:
