@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import re
 import subprocess
@@ -1113,17 +1114,11 @@ def test_webhook_signing_key_is_decoded_at_load(tmp_path: Path) -> None:
     assert "signing_key" not in repr(webhook)
 
 
-def test_webhook_config_refuses_a_secret_that_is_no_key() -> None:
+def test_webhook_config_refuses_a_secret_that_is_no_key(tmp_path: Path) -> None:
+    (webhook,) = load(tmp_path, toml()).webhooks
+
     with pytest.raises(InvalidSecret, match="not a base64 Standard Webhooks secret"):
-        WebhookConfig(
-            name="recordings",
-            url="https://example.com/hook",
-            secret=Secret(BAD_WEBHOOK_SECRET),
-            event_types=None,
-            rooms=None,
-            headers=(),
-            max_concurrency=1,
-        )
+        dataclasses.replace(webhook, secret=Secret(BAD_WEBHOOK_SECRET))
 
 
 def test_config_does_not_import_delivery() -> None:

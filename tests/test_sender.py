@@ -39,6 +39,24 @@ BODY = json.dumps(
 Serve = Callable[[web.Application], Awaitable[str]]
 
 
+def webhook(
+    url: str,
+    secret: str | None = None,
+    *,
+    name: str = "all",
+    headers: tuple[tuple[str, str], ...] = (),
+) -> WebhookConfig:
+    return WebhookConfig(
+        name=name,
+        url=url,
+        secret=Secret(secret or make_secret()),
+        event_types=None,
+        rooms=None,
+        headers=headers,
+        max_concurrency=4,
+    )
+
+
 def target(
     url: str,
     secret: str | None = None,
@@ -46,17 +64,7 @@ def target(
     name: str = "all",
     headers: tuple[tuple[str, str], ...] = (),
 ) -> Target:
-    return Target.from_config(
-        WebhookConfig(
-            name=name,
-            url=url,
-            secret=Secret(secret or make_secret()),
-            event_types=None,
-            rooms=None,
-            headers=headers,
-            max_concurrency=4,
-        )
-    )
+    return Target.from_config(webhook(url, secret, name=name, headers=headers))
 
 
 @pytest.fixture
@@ -396,16 +404,8 @@ async def test_retry_after_only_counts_on_429_and_503(
 
 
 def test_target_signs_with_the_key_decoded_at_load() -> None:
-    webhook = WebhookConfig(
-        name="all",
-        url="https://example.com/hook",
-        secret=Secret(make_secret()),
-        event_types=None,
-        rooms=None,
-        headers=(),
-        max_concurrency=4,
-    )
-    assert Target.from_config(webhook).key is webhook.signing_key
+    config = webhook("https://example.com/hook")
+    assert Target.from_config(config).key is config.signing_key
 
 
 async def test_target_repr_hides_url_key_and_headers(receiver: Receiver) -> None:

@@ -65,7 +65,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
             max_concurrency=poll.max_concurrency,
             # Long enough to survive a few slow polls, short enough that a dead
             # instance's rooms move on within a minute or so.
-            lease_ttl=(max(3 * poll.interval, 30.0) if poll.lease_ttl is None else poll.lease_ttl),
+            lease_ttl=max(3 * poll.interval, 30.0) if poll.lease_ttl is None else poll.lease_ttl,
             max_pages=poll.max_pages,
             max_page_bytes=poll.max_page_bytes,
             max_page_events=poll.max_page_events,

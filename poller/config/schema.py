@@ -169,9 +169,14 @@ Headers = Annotated[
 
 class _Table(BaseModel):
     # strict: TOML's types are the file's types ("100" is not a number, 1.0 not an integer);
-    # forbid: a misspelt key must not pass silently.
+    # forbid: a misspelt key must not pass silently; hide_input: a ValidationError that
+    # escaped the loader would still not print a secret (the loader reads inputs itself).
     model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        use_attribute_docstrings=True,
+        hide_input_in_errors=True,
     )
 
 
