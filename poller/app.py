@@ -24,7 +24,7 @@ from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Sender, Target
 from poller.delivery.worker import DeliveryWorker
 from poller.errors import ConfigError
-from poller.hms.client import HmsClient
+from poller.hms.client import HmsClient, WalkLimits
 from poller.hms.token import MintedTokens, StaticToken, TokenProvider
 from poller.limit import Limiter
 from poller.membership import Membership
@@ -44,6 +44,15 @@ RETENTION = dt.timedelta(days=31)
 PRUNE_INTERVAL = 3600.0
 # The delivery loop turns at least every IDLE_WAIT; this long without a turn is a hang.
 STALL_AFTER = 60.0
+
+
+# Time a poll's outcome write may take after its walk ended, before the job is cut off.
+BOOKKEEPING_MARGIN = 30.0
+
+
+def walk_timeout(interval: float) -> float:
+    """How long one walk of a room may take before it is recorded as failed."""
+    return max(3 * interval, 60.0)
 
 
 def claim_ttl(timeout: float) -> float:
@@ -144,6 +153,11 @@ class Daemon:
             tokens,
             request_timeout=config.hms.request_timeout,
             limiter=Limiter(config.poll.max_concurrency),
+            limits=WalkLimits(
+                max_pages=config.poll.max_pages,
+                max_page_bytes=config.poll.max_page_bytes,
+                max_page_events=config.poll.max_page_events,
+            ),
             on_response=self.metrics.observe_api,
         )
         self.worker = DeliveryWorker(
@@ -165,6 +179,7 @@ class Daemon:
             backfill=config.poll.backfill,
             lease_ttl=config.poll.lease_ttl,
             interval=interval,
+            walk_timeout=walk_timeout(interval),
             is_mine=self.membership.is_mine,
             on_new_deliveries=self.worker.wake,
             on_poll=self._polled,
@@ -179,7 +194,9 @@ class Daemon:
                 # Spread the rooms over one interval instead of a burst per interval.
                 first_in=interval * i / len(rooms),
                 jitter=min(interval * 0.1, 5.0),
-                timeout=max(3 * interval, 60.0),
+                # The walk bounds itself and records its outcome; this only catches a
+                # poll whose bookkeeping hangs (a store that stopped answering).
+                timeout=walk_timeout(interval) + BOOKKEEPING_MARGIN,
             )
         self.scheduler.every(
             "heartbeat",
@@ -257,6 +274,7 @@ class Daemon:
         """Forget seen events the API can no longer return."""
         removed = await self.store.prune(seen_before=utcnow() - RETENTION)
         if removed:
+            self.poller.forget_known()
             self.log.info("pruned", events=removed)
 
     async def run(self) -> None:

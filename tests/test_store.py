@@ -355,7 +355,8 @@ async def test_first_polled_at_is_set_by_the_first_successful_poll(store: Store)
     assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
     await store.finish_poll(ROOM, error="HTTP 500 from the API", now=NOW + seconds(1))
     lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(2))
-    assert lease == RoomLease(ROOM, None)  # a failed poll is not a complete poll
+    # A failed poll is not a complete poll; it is counted.
+    assert lease == RoomLease(ROOM, None, failed_walks=1)
     (state,) = await store.room_states()
     assert state["last_error"] == "HTTP 500 from the API"
     assert state["last_success_at"] is None
@@ -374,6 +375,27 @@ async def test_first_polled_at_is_set_by_the_first_successful_poll(store: Store)
     assert lease == RoomLease(ROOM, done)
     (state,) = await store.room_states()
     assert state["last_success_at"] == NOW + seconds(6)
+
+
+async def test_failed_walks_count_in_a_row_and_a_baseline_can_end_without_success(
+    store: Store,
+) -> None:
+    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
+    for i in range(2):
+        await store.update_rooms(finish=[(ROOM, "capped")], now=NOW + seconds(i))
+    lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(3))
+    assert lease == RoomLease(ROOM, None, failed_walks=2)
+
+    ended = NOW + seconds(4)
+    await store.update_rooms(finish=[(ROOM, "capped")], baseline={ROOM}, now=ended)
+    lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(5))
+    assert lease == RoomLease(ROOM, ended, failed_walks=3)
+    (state,) = await store.room_states()
+    assert (state["last_success_at"], state["last_error"]) == (None, "capped")
+
+    await store.update_rooms(finish=[(ROOM, None)], now=NOW + seconds(6))
+    lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(7))
+    assert lease == RoomLease(ROOM, ended, failed_walks=0)
 
 
 # --- claims -------------------------------------------------------------------------

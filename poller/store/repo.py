@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Insert, Update, and_, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import Update, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -43,7 +43,8 @@ class PageOutcome:
 @dataclass(frozen=True, slots=True)
 class RoomLease:
     room_id: str
-    first_polled_at: dt.datetime | None
+    first_polled_at: dt.datetime | None  # None: the room is in its first-poll phase
+    failed_walks: int = 0  # walks that failed in a row before this one
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,16 @@ class Store:
         self.engine = engine
         self.instance_id = instance_id
         self._dialect = engine.dialect.name
+        # Why built once: executed with a list of rows (executemany), each is compiled
+        # once and then taken from SQLAlchemy's cache, whatever the number of rows; a
+        # multi-row VALUES compiled anew for every page was 40 % of a poll's CPU.
+        self._insert_events = (
+            self._insert(events)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(events.c.id)
+        )
+        self._insert_deliveries = deliveries.insert()
+        self._room_ids = select(events.c.id).where(events.c.room_id == bindparam("room_id"))
 
     def _insert(self, table: Any) -> Any:
         # ON CONFLICT DO NOTHING lives in the dialects' own insert constructs.
@@ -107,7 +118,11 @@ class Store:
         deliver: bool,
         now: dt.datetime,
     ) -> PageOutcome:
-        """Store one page's new events and their outbox rows in one transaction."""
+        """Store one page's new events and their outbox rows in one transaction.
+
+        The caller passes only events it does not know to be stored (see
+        ``KnownIds``); any that are stored already are left as they are.
+        """
         unique = {e.id: e for e in page}
         if not unique:
             return PageOutcome(0, 0)
@@ -122,17 +137,11 @@ class Store:
             }
             for e in unique.values()
         ]
-        stmt: Insert = (
-            self._insert(events)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(events.c.id)
-        )
         targets = list(webhooks) if deliver else []
         async with self.engine.begin() as conn:
             # The unique key, not the page position, decides "new"; two
             # instances racing on one event still insert it once.
-            new_ids = (await conn.execute(stmt)).scalars().all()
+            new_ids = (await conn.execute(self._insert_events, rows)).scalars().all()
             outbox = [
                 {
                     "event_id": event_id,
@@ -147,8 +156,14 @@ class Store:
                 if w.matches(room_id, unique[event_id].type)
             ]
             if outbox:
-                await conn.execute(deliveries.insert(), outbox)
+                await conn.execute(self._insert_deliveries, outbox)
         return PageOutcome(len(new_ids), len(outbox))
+
+    async def known_ids(self, room_id: str) -> set[str]:
+        """Every event id stored for one room."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(self._room_ids, {"room_id": room_id})
+            return set(result.scalars())
 
     async def acquire_room(
         self,
@@ -177,11 +192,13 @@ class Store:
         acquire: Sequence[tuple[str, bool]] = (),
         ttl: float = 0.0,
         cooldown: float = 0.0,
+        baseline: Collection[str] = (),
         now: dt.datetime,
     ) -> dict[str, RoomLease | None]:
         """``finish_poll`` for each (room, error), then ``acquire_room`` for each
         (room, preferred), all in one transaction; returns the lease (or None) per room
-        of ``acquire``.
+        of ``acquire``. A failed walk of a room in ``baseline`` still ends its
+        first-poll phase (a complete walk always does).
 
         Why: the bookkeeping of a poll is two small writes. Done for many rooms at
         once (see poller.batch) it is one transaction for dozens of polls instead of
@@ -201,17 +218,22 @@ class Store:
                     .values(
                         last_error=None,
                         last_success_at=now,
+                        failed_walks=0,
                         first_polled_at=func.coalesce(rooms.c.first_polled_at, now),
                     )
                 )
-            failed: dict[str, list[str]] = {}
+            failed: dict[tuple[str, bool], list[str]] = {}
             for room, error in finished.items():
                 if error is not None:
-                    failed.setdefault(error, []).append(room)
-            for error, ids in failed.items():
-                await conn.execute(
-                    update(rooms).where(rooms.c.id.in_(sorted(ids))).values(last_error=error)
-                )
+                    failed.setdefault((error, room in baseline), []).append(room)
+            for (error, ends_baseline), ids in failed.items():
+                values: dict[str, Any] = {
+                    "last_error": error,
+                    "failed_walks": rooms.c.failed_walks + 1,
+                }
+                if ends_baseline:
+                    values["first_polled_at"] = func.coalesce(rooms.c.first_polled_at, now)
+                await conn.execute(update(rooms).where(rooms.c.id.in_(sorted(ids))).values(values))
             handed_back = sorted(room for room, preferred in wanted.items() if not preferred)
             if handed_back:
                 await conn.execute(self._release(now, cooldown).where(rooms.c.id.in_(handed_back)))
@@ -249,9 +271,9 @@ class Store:
                 lease_until=now + dt.timedelta(seconds=ttl),
                 last_polled_at=now,
             )
-            .returning(rooms.c.id, rooms.c.first_polled_at)
+            .returning(rooms.c.id, rooms.c.first_polled_at, rooms.c.failed_walks)
         )
-        return {row.id: RoomLease(row.id, row.first_polled_at) for row in result}
+        return {row.id: RoomLease(row.id, row.first_polled_at, row.failed_walks) for row in result}
 
     def _release(self, now: dt.datetime, cooldown: float) -> Update:
         return (
