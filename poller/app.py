@@ -30,7 +30,7 @@ from poller.limit import Limiter
 from poller.membership import Membership
 from poller.metrics import Metrics
 from poller.poll import PollResult, RoomPoller
-from poller.schedule import Scheduler
+from poller.schedule import Lateness, Scheduler
 from poller.sdnotify import Notifier
 from poller.server import Check, HealthServer
 from poller.store.db import create_engine, migrate, schema_revisions
@@ -185,6 +185,9 @@ class Daemon:
             on_poll=self._polled,
         )
         self.scheduler = Scheduler()
+        # One warning per interval at most (10 s at least) when polls fall behind.
+        self.lateness = Lateness(max(interval, 10.0))
+        self.metrics.watch_lateness(lambda: self.lateness.seconds)
         rooms = config.rooms
         for i, room in enumerate(rooms):
             self.scheduler.every(
@@ -197,6 +200,7 @@ class Daemon:
                 # The walk bounds itself and records its outcome; this only catches a
                 # poll whose bookkeeping hangs (a store that stopped answering).
                 timeout=walk_timeout(interval) + BOOKKEEPING_MARGIN,
+                lateness=self.lateness,
             )
         self.scheduler.every(
             "heartbeat",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from poller.delivery.sender import Attempt, Target
 from poller.hms.token import TokenProvider
-from poller.poll import PollResult
+from poller.poll import FAILING_AFTER, PollResult
 from poller.store.models import STATES
 from poller.store.repo import Claim, Store
 from poller.timeutil import utcnow
@@ -99,11 +99,25 @@ class Metrics:
         self.scrape_errors = Counter(
             "poller_metrics_refresh_errors", "Scrapes whose store read failed.", registry=r
         )
+        self.failing_rooms = Gauge(
+            "poller_rooms_failing",
+            f"Rooms whose last {FAILING_AFTER} or more walks failed in a row (see poller status).",
+            registry=r,
+        )
         self.oldest_pending = Gauge(
             "poller_oldest_pending_delivery_age_seconds",
             "Age of the oldest delivery still owed (0 when none).",
             registry=r,
         )
+
+    def watch_lateness(self, seconds: Callable[[], float]) -> None:
+        """Export how late polls start against their interval (read at scrape time)."""
+        Gauge(
+            "poller_poll_lag_seconds",
+            "How much later than their interval polls started, at most, over the last "
+            "interval (0: on time; rises when rooms are due faster than they can be polled).",
+            registry=self.registry,
+        ).set_function(seconds)
 
     def watch_tokens(self, tokens: TokenProvider) -> None:
         """Export the token provider's renewal count."""
@@ -135,6 +149,7 @@ class Metrics:
         for name in sorted(set(webhooks) | {w for w, _ in counts}):
             for state in STATES:
                 self.outbox.labels(webhook=name, state=state).set(counts.get((name, state), 0))
+        self.failing_rooms.set(await store.failing_rooms(after=FAILING_AFTER))
         oldest = await store.oldest_pending()
         self.oldest_pending.set(0 if oldest is None else (utcnow() - oldest).total_seconds())
 

@@ -50,10 +50,13 @@ async def status(config: Config) -> str:
             lines.append(f"  {room.id}: not polled yet")
             continue
         error = f", last error: {row['last_error']}" if row["last_error"] else ""
+        failed = row["failed_walks"]
+        failing = f", {failed} failed walks in a row" if failed else ""
+        baseline = "" if row["first_polled_at"] else ", no complete walk yet"
         owner = f", leased by {row['lease_owner']}" if row["lease_owner"] else ""
         lines.append(
             f"  {room.id}: last success {_ago(row['last_success_at'], now)}, "
-            f"last poll {_ago(row['last_polled_at'], now)}{owner}{error}"
+            f"last poll {_ago(row['last_polled_at'], now)}{owner}{failing}{baseline}{error}"
         )
     lines.append("deliveries (pending / delivered / dead):")
     for name in sorted({w.name for w in config.webhooks} | {w for w, _ in counts}):

@@ -512,6 +512,14 @@ class Store:
             )
         return _aware(value)
 
+    async def failing_rooms(self, *, after: int) -> int:
+        """How many rooms have failed ``after`` or more walks in a row."""
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(
+                select(func.count()).select_from(rooms).where(rooms.c.failed_walks >= after)
+            )
+        return int(value or 0)
+
     async def room_states(self) -> list[dict[str, Any]]:
         """Every room's poll state, for `poller status`."""
         async with self.engine.connect() as conn:
