@@ -161,7 +161,7 @@ class RoomPoller:
             error=error,
             failed_walks=failed_walks,
             first_poll=first,
-            delivered=walk.deliver,
+            recorded_only=not walk.deliver,  # its new events were seen, not delivered
             baseline_ended_incomplete=ends_baseline,
         )
 
