@@ -33,6 +33,7 @@ from poller.poll import PollResult, RoomPoller
 from poller.schedule import Lateness, Scheduler
 from poller.sdnotify import Notifier
 from poller.server import Check, HealthServer
+from poller.states import PollOutcome
 from poller.store.db import create_engine, migrate, schema_revisions
 from poller.store.repo import Store
 from poller.timeutil import utcnow
@@ -228,7 +229,7 @@ class Daemon:
 
     def _polled(self, result: PollResult) -> None:
         self.metrics.observe_poll(result)
-        if result.outcome != "error":
+        if result.outcome is not PollOutcome.ERROR:
             self.last_poll_at = time.monotonic()
 
     def live_checks(self) -> list[Check]:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from poller import __version__
 from poller.config import Config, describe, load_config, resolve_config_path
 from poller.errors import UserError
+from poller.states import DeliveryState
 
 EXIT_USAGE = 2
 
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     dl = add("deliveries", cmd_deliveries, "list deliveries or retry dead ones")
     dl.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
-    dl.add_argument("--state", choices=["pending", "delivered", "dead"])
+    dl.add_argument("--state", choices=[state.value for state in DeliveryState])
     dl.add_argument("--webhook", help="only this webhook")
     dl.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
     dl.add_argument("--id", type=int, action="append", default=[], help="retry this delivery id")

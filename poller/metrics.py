@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from poller.delivery.sender import Attempt, Target
 from poller.hms.token import TokenProvider
 from poller.poll import FAILING_AFTER, PollResult
-from poller.store.models import STATES
+from poller.states import AttemptOutcome, DeliveryState, PollOutcome
 from poller.store.repo import Claim, Store
 from poller.timeutil import utcnow
 
@@ -125,21 +125,23 @@ class Metrics:
 
     def observe_poll(self, result: PollResult) -> None:
         self.polls.labels(outcome=result.outcome).inc()
-        if result.outcome == "leased":
+        if result.outcome is PollOutcome.LEASED:
             return
         self.poll_duration.observe(result.duration)
         self.events_seen.inc(result.new)
         self.events_skipped.inc(result.skipped)
-        if result.outcome == "ok":
+        if result.outcome is PollOutcome.OK:
             self.last_poll_success.set(time.time())
 
     def observe_api(self, status: str, seconds: float) -> None:
         self.api_requests.labels(status=status).inc()
         self.api_latency.observe(seconds)
 
-    def observe_attempt(self, target: Target, claim: Claim, attempt: Attempt, outcome: str) -> None:
+    def observe_attempt(
+        self, target: Target, claim: Claim, attempt: Attempt, outcome: AttemptOutcome
+    ) -> None:
         self.deliveries.labels(webhook=target.name, outcome=outcome).inc()
-        if outcome == "delivered":
+        if outcome is AttemptOutcome.DELIVERED:
             seen_for = (utcnow() - claim.created_at).total_seconds()
             self.delivery_latency.labels(webhook=target.name).observe(max(0.0, seen_for))
 
@@ -147,7 +149,7 @@ class Metrics:
         """Read the outbox gauges from the store (at scrape time: they are the store's truth)."""
         counts = await store.outbox_counts()
         for name in sorted(set(webhooks) | {w for w, _ in counts}):
-            for state in STATES:
+            for state in DeliveryState:
                 self.outbox.labels(webhook=name, state=state).set(counts.get((name, state), 0))
         self.failing_rooms.set(await store.failing_rooms(after=FAILING_AFTER))
         oldest = await store.oldest_pending()

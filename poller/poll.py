@@ -17,6 +17,7 @@ from poller.batch import GroupCommit
 from poller.events import Event
 from poller.hms.client import ApiError, HmsClient
 from poller.hms.page import Skipped
+from poller.states import PollOutcome
 from poller.store.known import KnownIds
 from poller.store.repo import PageOutcome, RoomLease, Store, WebhookFilter
 from poller.timeutil import utcnow
@@ -25,7 +26,7 @@ from poller.timeutil import utcnow
 @dataclass(frozen=True, slots=True)
 class PollResult:
     room_id: str
-    outcome: str  # "ok", "error" or "leased" (the room is another instance's)
+    outcome: PollOutcome
     pages: int = 0
     events: int = 0
     new: int = 0
@@ -40,7 +41,7 @@ BOOKKEEPING_WINDOW = 0.02  # seconds a lease or outcome write waits for company
 BASELINE_AFTER_FAILED_WALKS = 3
 # From this many failed walks in a row a room's poll is logged as an error.
 FAILING_AFTER = 3
-_LOG_LEVEL = {"ok": "info", "error": "warning"}  # "leased" polls are only debug
+_LOG_LEVEL = {PollOutcome.OK: "info", PollOutcome.ERROR: "warning"}  # leased: only debug
 _LOGGED_SKIPS = 5  # event ids named in one events_skipped line
 _MAX_ERROR = 300  # characters of an unexpected error kept as a room's last_error
 
@@ -68,7 +69,7 @@ class _Walk:
     deliveries: int = 0
     skipped: int = 0
 
-    def result(self, outcome: str) -> PollResult:
+    def result(self, outcome: PollOutcome) -> PollResult:
         return PollResult(
             self.room_id, outcome, self.pages, self.events, self.new, self.deliveries, self.skipped
         )
@@ -123,12 +124,12 @@ class RoomPoller:
         mine = self._is_mine(room_id)
         if not mine and room_id not in self._held:
             # Another instance's room that we do not hold: nothing to write.
-            return self._done(PollResult(room_id, "leased"), started)
+            return self._done(PollResult(room_id, PollOutcome.LEASED), started)
         lease = await self._bookkeeping.submit(_RoomWrite(room_id, preferred=mine))
         if lease is None:
             self._held.discard(room_id)
             self._known.forget(room_id)  # the new holder adds ids this copy would miss
-            return self._done(PollResult(room_id, "leased"), started)
+            return self._done(PollResult(room_id, PollOutcome.LEASED), started)
         self._held.add(room_id)
         # Until the room's first complete poll, what the API holds was there
         # before us: delivered only with backfill.
@@ -154,7 +155,7 @@ class RoomPoller:
         await self._bookkeeping.submit(
             _RoomWrite(room_id, finished=True, error=error, ends_baseline=ends_baseline)
         )
-        result = walk.result("error" if error else "ok")
+        result = walk.result(PollOutcome.ERROR if error else PollOutcome.OK)
         return self._done(
             result,
             started,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from poller.app import open_store
 from poller.config import Config
+from poller.states import DeliveryState
 from poller.store.db import schema_revisions
 from poller.timeutil import utcnow
 
@@ -60,7 +61,7 @@ async def status(config: Config) -> str:
         )
     lines.append("deliveries (pending / delivered / dead):")
     for name in sorted({w.name for w in config.webhooks} | {w for w, _ in counts}):
-        p, d, x = (counts.get((name, s), 0) for s in ("pending", "delivered", "dead"))
+        p, d, x = (counts.get((name, s), 0) for s in DeliveryState)
         lines.append(f"  {name}: {p} / {d} / {x}")
     lines.append(f"oldest pending delivery: {_ago(oldest, now) if oldest else 'none'}")
     return "\n".join(lines)
@@ -76,7 +77,7 @@ async def deliveries(config: Config, *, state: str | None, webhook: str | None, 
     lines = [f"{'id':>8}  {'webhook':<16} {'state':<9} {'tries':>5}  {'event':<36}  last"]
     for r in rows:
         last = f"{r.last_status or '-'} {r.last_error or ''}".strip()
-        when = _ago(r.next_attempt_at, now) if r.state == "pending" else ""
+        when = _ago(r.next_attempt_at, now) if r.state == DeliveryState.PENDING else ""
         lines.append(
             f"{r.id:>8}  {r.webhook:<16} {r.state:<9} {r.attempts:>5}  {r.event_id:<36}  "
             f"{last}{'  next ' + when if when else ''}"

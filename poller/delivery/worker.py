@@ -16,6 +16,7 @@ from poller.aio import finish_or_cancel
 from poller.batch import GroupCommit
 from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Attempt, Sender, Target
+from poller.states import AttemptOutcome
 from poller.store.repo import AttemptRecord, Claim, Store
 from poller.timeutil import utcnow
 
@@ -36,7 +37,7 @@ class DeliveryWorker:
         *,
         claim_ttl: float,
         idle_wait: float = IDLE_WAIT,
-        on_attempt: Callable[[Target, Claim, Attempt, str], None] | None = None,
+        on_attempt: Callable[[Target, Claim, Attempt, AttemptOutcome], None] | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
         self._store = store
@@ -148,12 +149,12 @@ class DeliveryWorker:
             now = utcnow()
             retry_at: dt.datetime | None = None
             if attempt.ok:
-                outcome = "delivered"
+                outcome = AttemptOutcome.DELIVERED
             else:
                 delay = self._policy.delay_after(attempt_no, attempt.retry_after)
                 if delay is not None:
                     retry_at = now + dt.timedelta(seconds=delay)
-                outcome = "dead" if retry_at is None else "retry"
+                outcome = AttemptOutcome.DEAD if retry_at is None else AttemptOutcome.RETRY
             kept = await self._outcomes.submit(
                 AttemptRecord(claim, now, attempt.status, attempt.error, retry_at)
             )
@@ -162,7 +163,7 @@ class DeliveryWorker:
             log.exception("delivery_error")
             return
         if not kept:
-            outcome = "claim_lost"
+            outcome = AttemptOutcome.CLAIM_LOST
         if self._on_attempt is not None:
             self._on_attempt(target, claim, attempt, outcome)
         event = log.info if attempt.ok else log.warning
@@ -172,7 +173,11 @@ class DeliveryWorker:
             status=attempt.status,
             error=attempt.error,
             duration_ms=round(attempt.duration * 1000, 1),
-            **({"retry_at": retry_at.isoformat()} if retry_at and outcome == "retry" else {}),
+            **(
+                {"retry_at": retry_at.isoformat()}
+                if retry_at and outcome is AttemptOutcome.RETRY
+                else {}
+            ),
         )
 
     async def stop(self, grace: float) -> None:

@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from poller.states import DeliveryState
+
 # A naming convention makes constraint names stable across SQLite batch
 # migrations and PostgreSQL, so later migrations can address them by name.
 metadata = MetaData(
@@ -59,8 +61,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-STATES = (PENDING, DELIVERED, DEAD)
+STATES = tuple(state.value for state in DeliveryState)
 
 events = Table(
     "events",

@@ -12,7 +12,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from poller.events import Event
-from poller.store.models import DEAD, DELIVERED, PENDING, deliveries, events, instances, rooms
+from poller.states import DeliveryState
+from poller.store.models import deliveries, events, instances, rooms
+
+PENDING, DELIVERED, DEAD = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.DEAD
 
 __all__ = [
     "AttemptRecord",
