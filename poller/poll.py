@@ -58,6 +58,15 @@ class _RoomWrite:
 
 
 @dataclass(slots=True)
+class _Deadlines:
+    """When a walk must end: its own deadline, or its lease's (moved on by renewals)."""
+
+    scope: asyncio.Timeout
+    walk: float  # loop time
+    leased_at: float  # loop time the current lease was asked for
+
+
+@dataclass(slots=True)
 class _Walk:
     """What one walk of a room found so far."""
 
@@ -90,6 +99,7 @@ class RoomPoller:
         lease_ttl: float,
         interval: float = 0.0,
         walk_timeout: float = 60.0,
+        lease_renewal: float | None = None,
         is_mine: Callable[[str], bool] = lambda _room_id: True,
         on_new_deliveries: Callable[[], None] = lambda: None,
         on_poll: Callable[[PollResult], None] = lambda _: None,
@@ -104,6 +114,7 @@ class RoomPoller:
         self._lease_ttl = lease_ttl
         self._interval = interval
         self._walk_timeout = walk_timeout
+        self._lease_renewal = lease_ttl / 3 if lease_renewal is None else lease_renewal
         self._known = KnownIds(store.known_ids)
         self._is_mine = is_mine
         self._held: set[str] = set()  # rooms whose lease this instance took
@@ -125,6 +136,8 @@ class RoomPoller:
         if not mine and room_id not in self._held:
             # Another instance's room that we do not hold: nothing to write.
             return self._done(PollResult(room_id, PollOutcome.LEASED), started)
+        # Taken before asking: the lease the store grants ends no earlier than this + TTL.
+        leased_at = asyncio.get_running_loop().time()
         lease = await self._bookkeeping.submit(_RoomWrite(room_id, preferred=mine))
         if lease is None:
             self._held.discard(room_id)
@@ -136,11 +149,18 @@ class RoomPoller:
         first = lease.first_polled_at is None
         walk = _Walk(room_id, deliver=self._backfill or not first)
         error: str | None = None
+        loop = asyncio.get_running_loop()
+        walk_deadline = loop.time() + self._walk_timeout
         try:
-            async with asyncio.timeout(self._walk_timeout):
-                await self._walk(walk, time.monotonic())
+            # The walk ends at its own deadline or its lease's, whichever is first: a
+            # poll never outlives its lease (renewals move that deadline on).
+            async with asyncio.timeout_at(min(walk_deadline, leased_at + self._lease_ttl)) as cm:
+                await self._walk(walk, _Deadlines(cm, walk_deadline, leased_at))
         except TimeoutError:
-            error = f"walk timed out after {self._walk_timeout:g}s"
+            if loop.time() >= walk_deadline:
+                error = f"walk timed out after {self._walk_timeout:g}s"
+            else:
+                error = "the walk stopped: its lease ran out before it could be renewed"
         except ApiError as exc:
             error = str(exc)
         except Exception as exc:
@@ -166,7 +186,7 @@ class RoomPoller:
             baseline_ended_incomplete=ends_baseline,
         )
 
-    async def _walk(self, walk: _Walk, leased_at: float) -> None:
+    async def _walk(self, walk: _Walk, deadlines: _Deadlines) -> None:
         async for page in self._client.pages(
             walk.room_id, self._event_types, page_size=self._page_size
         ):
@@ -181,12 +201,18 @@ class RoomPoller:
             if skipped:
                 walk.skipped += len(skipped)
                 self._log_skipped(walk.room_id, skipped)
-            if time.monotonic() - leased_at > self._lease_ttl / 2:
-                # A long walk renews its lease, or another instance would take the room.
-                lease = await self._bookkeeping.submit(_RoomWrite(walk.room_id))
-                if lease is None:
-                    raise ApiError("the room's lease was lost during the walk")
-                leased_at = time.monotonic()
+            await self._renew(walk.room_id, deadlines)
+
+    async def _renew(self, room_id: str, deadlines: _Deadlines) -> None:
+        """Renew a long walk's lease, or another instance would take the room mid-walk."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - deadlines.leased_at < self._lease_renewal:
+            return
+        asked_at = loop.time()
+        if await self._bookkeeping.submit(_RoomWrite(room_id)) is None:
+            raise ApiError("the room's lease was lost during the walk")
+        deadlines.leased_at = asked_at
+        deadlines.scope.reschedule(min(deadlines.walk, asked_at + self._lease_ttl))
 
     async def _save(self, walk: _Walk, events: list[Event]) -> list[Skipped]:
         """Store a page's new events; one the store refuses is skipped, not the page."""

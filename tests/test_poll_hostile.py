@@ -112,6 +112,7 @@ def make_poller(
     metrics: Metrics | None = None,
     backfill: bool = True,
     walk_timeout: float = 30.0,
+    lease_ttl: float = 60.0,
     limits: WalkLimits | None = None,
 ) -> RoomPoller:
     client = HmsClient(
@@ -130,7 +131,7 @@ def make_poller(
         event_types=[RECORDING],
         page_size=100,
         backfill=backfill,
-        lease_ttl=60.0,
+        lease_ttl=lease_ttl,
         walk_timeout=walk_timeout,
         on_poll=metrics.observe_poll if metrics is not None else lambda _: None,
     )
@@ -434,3 +435,43 @@ async def test_without_backfill_a_room_that_never_completes_a_walk_still_deliver
     assert [p["log_level"] for p in polls] == ["warning", "warning", "error", "error"]
     assert polls[2]["baseline_ended_incomplete"] is True
     assert [p.get("recorded_only") for p in polls] == [True, True, True, None]
+
+
+def slow_pages(delay: float, count: int) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        start = request.query.get("start")
+        n = 0 if start is None else int(start.removeprefix("p"))
+        await asyncio.sleep(delay)
+        next_ = f"p{n + 1}" if n + 1 < count else ""
+        return web.Response(body=page(good(n), next_=next_), content_type="application/json")
+
+    return handler
+
+
+async def test_a_walk_longer_than_its_lease_renews_it(
+    serve: Callable[[Handler], Awaitable[str]], session: aiohttp.ClientSession, store: Store
+) -> None:
+    url = await serve(slow_pages(0.15, 10))  # 1.5 s in all, the lease is 0.9 s
+    poller = make_poller(session, url, store, lease_ttl=0.9)
+
+    started = _now()
+    result = await poller.poll(ROOM)
+
+    assert (result.outcome, result.pages, result.new) == ("ok", 10, 10)
+    (state,) = await store.room_states()
+    # Renewed during the walk: the lease now ends well after the first one would have.
+    assert (state["lease_until"] - started).total_seconds() > 1.2
+
+
+async def test_a_page_slower_than_the_lease_stops_the_walk(
+    serve: Callable[[Handler], Awaitable[str]], session: aiohttp.ClientSession, store: Store
+) -> None:
+    # One page (0.45 s, under the request timeout) takes longer than the whole lease.
+    url = await serve(slow_pages(0.45, 10))
+    poller = make_poller(session, url, store, lease_ttl=0.4)
+
+    result = await asyncio.wait_for(poller.poll(ROOM), 10)
+
+    assert result.outcome == "error"
+    (state,) = await store.room_states()
+    assert "lease ran out" in state["last_error"]
