@@ -24,7 +24,7 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 
 def _configure_logs(config: Config) -> None:
     from poller import log
-    from poller.app import secrets_of
+    from poller.parts import secrets_of
 
     log.configure(config.log.level, config.log.format, secrets=secrets_of(config))
 
@@ -47,12 +47,11 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     """Bring the store schema up to date."""
-    from poller.app import open_store
-    from poller.store.db import schema_revisions
+    from poller.parts import open_configured_store
 
     async def migrate() -> str | None:
-        async with open_store(config) as store:
-            current, _ = await schema_revisions(store.engine)
+        async with open_configured_store(config) as store:
+            current, _ = await store.schema_revisions()
             return current
 
     _configure_logs(config)

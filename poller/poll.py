@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy.exc import DBAPIError
 from structlog.typing import FilteringBoundLogger
 
 from poller.batch import GroupCommit
+from poller.errors import StoreError
 from poller.events import Event
 from poller.hms.client import ApiError, HmsClient
 from poller.hms.page import Skipped
@@ -307,10 +307,9 @@ class RoomPoller:
 
 
 def _describe(exc: Exception) -> str:
-    """A bounded one-line reason for a room's ``last_error``, without SQL parameters."""
-    reason: BaseException = exc
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        reason = exc.orig  # the driver's words, not the statement
-    lines = str(reason).strip().splitlines()
-    text = f"{type(reason).__name__}: {lines[0]}" if lines else type(reason).__name__
+    """A bounded one-line reason for a room's ``last_error``."""
+    if isinstance(exc, StoreError):
+        return f"store: {exc}"[:_MAX_ERROR]  # already the driver's words, no parameters
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return text[:_MAX_ERROR]

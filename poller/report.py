@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from poller.app import open_store
 from poller.config import Config
+from poller.parts import open_configured_store
 from poller.states import DeliveryState
-from poller.store.db import schema_revisions
 from poller.timeutil import utcnow
 
 
@@ -28,8 +27,8 @@ def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
 async def status(config: Config) -> str:
     """Schema revision, each room's last poll, and the outbox by webhook and state."""
     now = utcnow()
-    async with open_store(config, apply_migrations=False) as store:
-        current, head = await schema_revisions(store.engine)
+    async with open_configured_store(config, apply_migrations=False) as store:
+        current, head = await store.schema_revisions()
         if current != head:
             return f"store schema is at {current}, this version needs {head}: run `poller migrate`"
         rooms = {row["id"]: row for row in await store.room_states()}
@@ -70,7 +69,7 @@ async def status(config: Config) -> str:
 async def deliveries(config: Config, *, state: str | None, webhook: str | None, limit: int) -> str:
     """The most recent deliveries as a table."""
     now = utcnow()
-    async with open_store(config, apply_migrations=False) as store:
+    async with open_configured_store(config, apply_migrations=False) as store:
         rows = await store.list_deliveries(state=state, webhook=webhook, limit=limit)
     if not rows:
         return "no deliveries"
@@ -87,6 +86,6 @@ async def deliveries(config: Config, *, state: str | None, webhook: str | None, 
 
 async def retry(config: Config, *, ids: Sequence[int], webhook: str | None) -> str:
     """Make dead deliveries pending again; the running daemon picks them up."""
-    async with open_store(config, apply_migrations=False) as store:
+    async with open_configured_store(config, apply_migrations=False) as store:
         count = await store.retry(ids=ids, webhook=webhook, now=utcnow())
     return f"{count} dead deliveries scheduled for a new attempt"

@@ -55,21 +55,13 @@ def good(i: int) -> str:
 
 def page(*entries: str, next_: str = "") -> bytes:
     """A page whose entries are JSON texts, served exactly as written."""
-    return (
-        '{"limit":100,"total":9,"next":%s,"events":[%s]}'
-        % (  # noqa: UP031
-            json.dumps(next_),
-            ",".join(entries),
-        )
-    ).encode()
+    events = ",".join(entries)
+    return f'{{"limit":100,"total":9,"next":{json.dumps(next_)},"events":[{events}]}}'.encode()
 
 
 def raw_entry(event_id: str, data: str, event_type: str = RECORDING) -> str:
-    return '{"version":"2.0","id":%s,"timestamp":"t","type":%s,"data":%s}' % (  # noqa: UP031
-        event_id,
-        json.dumps(event_type),
-        data,
-    )
+    kind = json.dumps(event_type)
+    return f'{{"version":"2.0","id":{event_id},"timestamp":"t","type":{kind},"data":{data}}}'
 
 
 @pytest.fixture

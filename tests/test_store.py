@@ -17,6 +17,7 @@ from poller.events import Event
 from poller.store.db import create_engine, migrate
 from poller.store.models import deliveries, events
 from poller.store.repo import Claim, DeliveryRow, RoomLease, Store
+from tests.storeops import acquire_room, finish_poll, mark_delivered, mark_failed
 
 ROOM = "639924066893d18d47c86935"
 OTHER_ROOM = "63992406aaaaaaaaaaaaaaaa"
@@ -242,17 +243,17 @@ async def test_deleting_an_event_cascades_to_its_deliveries(store: Store) -> Non
 
 async def test_acquire_room_lease(store: Store) -> None:
     b = other(store)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
     # Held: another instance is refused until the lease expires.
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1)) is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(TTL - 1)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(1)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(TTL - 1)) is None
     # The owner renews.
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(10)) == RoomLease(ROOM, None)
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(TTL + 1)) is None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(10)) == RoomLease(ROOM, None)
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(TTL + 1)) is None
     # Expired: the other instance takes it over, and now the first one is refused.
     later = NOW + seconds(10 + TTL + 1)
-    assert await b.acquire_room(ROOM, ttl=TTL, now=later) == RoomLease(ROOM, None)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=later + seconds(1)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=later) == RoomLease(ROOM, None)
+    assert await acquire_room(store, ROOM, ttl=TTL, now=later + seconds(1)) is None
     (state,) = await store.room_states()
     assert state["lease_owner"] == "other"
     assert state["lease_until"] == later + seconds(TTL)
@@ -261,63 +262,63 @@ async def test_acquire_room_lease(store: Store) -> None:
 
 async def test_leases_are_per_room(store: Store) -> None:
     b = other(store)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) is not None
-    assert await b.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW) is not None
-    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW) is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW) is None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW) is not None
+    assert await acquire_room(b, OTHER_ROOM, ttl=TTL, now=NOW) is not None
+    assert await acquire_room(store, OTHER_ROOM, ttl=TTL, now=NOW) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW) is None
 
 
 async def test_release_rooms_frees_only_own_leases(store: Store) -> None:
     b, c = other(store), other(store, "third")
-    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
-    await b.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW)
+    await acquire_room(store, ROOM, ttl=TTL, now=NOW)
+    await acquire_room(b, OTHER_ROOM, ttl=TTL, now=NOW)
     await store.release_rooms(now=NOW + seconds(1))
     states = {s["id"]: s for s in await store.room_states()}
     assert states[ROOM]["lease_owner"] is None
     assert states[OTHER_ROOM]["lease_owner"] == "other"
     # Free from the moment of release on (no cooldown by default).
-    assert await c.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1.001)) is not None
-    assert await c.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW + seconds(2)) is None
+    assert await acquire_room(c, ROOM, ttl=TTL, now=NOW + seconds(1.001)) is not None
+    assert await acquire_room(c, OTHER_ROOM, ttl=TTL, now=NOW + seconds(2)) is None
 
 
 async def test_release_rooms_with_cooldown(store: Store) -> None:
     b = other(store)
-    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
+    await acquire_room(store, ROOM, ttl=TTL, now=NOW)
     await store.release_rooms(now=NOW + seconds(1), cooldown=10)
     (state,) = await store.room_states()
     assert state["lease_owner"] is None
     assert state["lease_until"] == NOW + seconds(11)
     # Nobody, the previous owner included, takes it during the cooldown.
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(10)) is None
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(10)) is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(12)) == RoomLease(ROOM, None)
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(10)) is None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(10)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(12)) == RoomLease(ROOM, None)
 
 
 async def test_not_preferred_hands_the_room_back(store: Store) -> None:
     b = other(store)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) is not None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW) is not None
     # Not ours any more (the instance set changed): handed back, with a cooldown.
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1), preferred=False) is None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(1), preferred=False) is None
     (state,) = await store.room_states()
     assert state["lease_owner"] is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(2)) == RoomLease(ROOM, None)
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(2)) == RoomLease(ROOM, None)
     # A non-preferred instance never takes a room, even a free one...
-    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
-    assert await b.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW) is not None
+    assert await acquire_room(store, OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
+    assert await acquire_room(b, OTHER_ROOM, ttl=TTL, now=NOW) is not None
     # ...and never releases someone else's.
-    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
-    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW + seconds(1)) is None
+    assert await acquire_room(store, OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
+    assert await acquire_room(store, OTHER_ROOM, ttl=TTL, now=NOW + seconds(1)) is None
     states = {s["id"]: s for s in await store.room_states()}
     assert states[OTHER_ROOM]["lease_owner"] == "other"
 
 
 async def test_not_preferred_with_cooldown(store: Store) -> None:
     b = other(store)
-    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
+    await acquire_room(store, ROOM, ttl=TTL, now=NOW)
     released = NOW + seconds(1)
-    await store.acquire_room(ROOM, ttl=TTL, now=released, preferred=False, cooldown=5)
-    assert await b.acquire_room(ROOM, ttl=TTL, now=released + seconds(5)) is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=released + seconds(6)) is not None
+    await acquire_room(store, ROOM, ttl=TTL, now=released, preferred=False, cooldown=5)
+    assert await acquire_room(b, ROOM, ttl=TTL, now=released + seconds(5)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=released + seconds(6)) is not None
 
 
 # --- instances ----------------------------------------------------------------------
@@ -352,9 +353,9 @@ async def test_deregister(store: Store) -> None:
 
 
 async def test_first_polled_at_is_set_by_the_first_successful_poll(store: Store) -> None:
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
-    await store.finish_poll(ROOM, error="HTTP 500 from the API", now=NOW + seconds(1))
-    lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(2))
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
+    await finish_poll(store, ROOM, error="HTTP 500 from the API", now=NOW + seconds(1))
+    lease = await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(2))
     # A failed poll is not a complete poll; it is counted.
     assert lease == RoomLease(ROOM, None, failed_walks=1)
     (state,) = await store.room_states()
@@ -362,16 +363,16 @@ async def test_first_polled_at_is_set_by_the_first_successful_poll(store: Store)
     assert state["last_success_at"] is None
 
     done = NOW + seconds(3)
-    await store.finish_poll(ROOM, error=None, now=done)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(4)) == RoomLease(ROOM, done)
+    await finish_poll(store, ROOM, error=None, now=done)
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(4)) == RoomLease(ROOM, done)
     (state,) = await store.room_states()
     assert state["last_error"] is None
     assert state["last_success_at"] == done
 
     # Later polls, failed or not, never move it.
-    await store.finish_poll(ROOM, error="boom", now=NOW + seconds(5))
-    await store.finish_poll(ROOM, error=None, now=NOW + seconds(6))
-    lease = await other(store).acquire_room(ROOM, ttl=TTL, now=NOW + seconds(100))
+    await finish_poll(store, ROOM, error="boom", now=NOW + seconds(5))
+    await finish_poll(store, ROOM, error=None, now=NOW + seconds(6))
+    lease = await acquire_room(other(store), ROOM, ttl=TTL, now=NOW + seconds(100))
     assert lease == RoomLease(ROOM, done)
     (state,) = await store.room_states()
     assert state["last_success_at"] == NOW + seconds(6)
@@ -380,21 +381,21 @@ async def test_first_polled_at_is_set_by_the_first_successful_poll(store: Store)
 async def test_failed_walks_count_in_a_row_and_a_baseline_can_end_without_success(
     store: Store,
 ) -> None:
-    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
+    await acquire_room(store, ROOM, ttl=TTL, now=NOW)
     for i in range(2):
         await store.update_rooms(finish=[(ROOM, "capped")], now=NOW + seconds(i))
-    lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(3))
+    lease = await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(3))
     assert lease == RoomLease(ROOM, None, failed_walks=2)
 
     ended = NOW + seconds(4)
     await store.update_rooms(finish=[(ROOM, "capped")], baseline={ROOM}, now=ended)
-    lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(5))
+    lease = await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(5))
     assert lease == RoomLease(ROOM, ended, failed_walks=3)
     (state,) = await store.room_states()
     assert (state["last_success_at"], state["last_error"]) == (None, "capped")
 
     await store.update_rooms(finish=[(ROOM, None)], now=NOW + seconds(6))
-    lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(7))
+    lease = await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(7))
     assert lease == RoomLease(ROOM, ended, failed_walks=0)
 
 
@@ -407,9 +408,9 @@ async def test_claim_only_due_pending_unclaimed_rows(store: Store) -> None:
     assert await store.claim("nobody", 10, ttl=TTL, now=NOW) == []  # another webhook's
     first = await claim_one(store)
     delivered = await claim_one(store)
-    await store.mark_delivered(delivered, status=204, now=NOW)
+    await mark_delivered(store, delivered, status=204, now=NOW)
     dead = await claim_one(store)
-    await store.mark_failed(dead, status=410, error="HTTP 410", retry_at=None, now=NOW)
+    await mark_failed(store, dead, status=410, error="HTTP 410", retry_at=None, now=NOW)
     rest = await store.claim("h", 10, ttl=TTL, now=NOW + seconds(1))
     assert [c.event_id for c in rest] == [page[3].id]
     assert first.event_id == page[0].id
@@ -447,8 +448,8 @@ async def test_claim_orders_by_next_attempt_at(store: Store) -> None:
     claims = await store.claim("h", 3, ttl=TTL, now=NOW)
     # Reschedule in the reverse of their creation order.
     for claim, delay in zip(claims, (30, 20, 10), strict=True):
-        assert await store.mark_failed(
-            claim, status=500, error="HTTP 500", retry_at=NOW + seconds(delay), now=NOW
+        assert await mark_failed(
+            store, claim, status=500, error="HTTP 500", retry_at=NOW + seconds(delay), now=NOW
         )
     later = NOW + seconds(60)
     order = [(await claim_one(store, now=later)).delivery_id for _ in range(3)]
@@ -473,7 +474,7 @@ async def test_mark_delivered(store: Store) -> None:
     await seed(store, 1)
     claim = await claim_one(store)
     done = NOW + seconds(2)
-    assert await store.mark_delivered(claim, status=204, now=done) is True
+    assert await mark_delivered(store, claim, status=204, now=done) is True
     stored = await row(store, claim.delivery_id)
     assert stored["state"] == "delivered"
     assert stored["attempts"] == 1
@@ -484,8 +485,8 @@ async def test_mark_delivered(store: Store) -> None:
     assert stored["claimed_by"] is None
     assert stored["claimed_until"] is None
     # Finishing the same claim twice is refused.
-    assert await store.mark_delivered(claim, status=204, now=done) is False
-    assert await store.mark_failed(claim, status=500, error="x", retry_at=None, now=done) is False
+    assert await mark_delivered(store, claim, status=204, now=done) is False
+    assert await mark_failed(store, claim, status=500, error="x", retry_at=None, now=done) is False
     assert (await row(store, claim.delivery_id))["attempts"] == 1
 
 
@@ -493,8 +494,8 @@ async def test_mark_failed_reschedules(store: Store) -> None:
     await seed(store, 1)
     claim = await claim_one(store)
     retry_at = NOW + seconds(5)
-    assert await store.mark_failed(
-        claim, status=500, error="HTTP 500", retry_at=retry_at, now=NOW + seconds(1)
+    assert await mark_failed(
+        store, claim, status=500, error="HTTP 500", retry_at=retry_at, now=NOW + seconds(1)
     )
     stored = await row(store, claim.delivery_id)
     assert stored["state"] == "pending"
@@ -510,8 +511,13 @@ async def test_mark_failed_reschedules(store: Store) -> None:
     assert await store.claim("h", 1, ttl=TTL, now=retry_at - seconds(0.001)) == []
     again = await claim_one(store, now=retry_at)
     assert again.attempts == 1
-    assert await store.mark_failed(
-        again, status=None, error="timed out after 10s", retry_at=NOW + seconds(60), now=retry_at
+    assert await mark_failed(
+        store,
+        again,
+        status=None,
+        error="timed out after 10s",
+        retry_at=NOW + seconds(60),
+        now=retry_at,
     )
     stored = await row(store, claim.delivery_id)
     assert stored["attempts"] == 2
@@ -522,8 +528,8 @@ async def test_mark_failed_reschedules(store: Store) -> None:
 async def test_mark_failed_without_retry_is_dead(store: Store) -> None:
     await seed(store, 1)
     claim = await claim_one(store)
-    assert await store.mark_failed(
-        claim, status=503, error="HTTP 503", retry_at=None, now=NOW + seconds(1)
+    assert await mark_failed(
+        store, claim, status=503, error="HTTP 503", retry_at=None, now=NOW + seconds(1)
     )
     stored = await row(store, claim.delivery_id)
     assert stored["state"] == "dead"
@@ -540,10 +546,10 @@ async def test_lost_claim_does_not_overwrite(store: Store) -> None:
     b = other(store)
     # The claim expires (this instance hung); another instance takes the delivery over.
     fresh = await claim_one(b, now=NOW + seconds(TTL + 1))
-    assert await store.mark_delivered(stale, status=200, now=NOW + seconds(TTL + 2)) is False
+    assert await mark_delivered(store, stale, status=200, now=NOW + seconds(TTL + 2)) is False
     assert (
-        await store.mark_failed(
-            stale, status=500, error="HTTP 500", retry_at=None, now=NOW + seconds(TTL + 2)
+        await mark_failed(
+            store, stale, status=500, error="HTTP 500", retry_at=None, now=NOW + seconds(TTL + 2)
         )
         is False
     )
@@ -552,10 +558,10 @@ async def test_lost_claim_does_not_overwrite(store: Store) -> None:
     assert stored["attempts"] == 0
     assert stored["claimed_by"] == "other"
     # The new owner finishes it; the stale one still cannot touch it afterwards.
-    assert await b.mark_failed(
-        fresh, status=502, error="HTTP 502", retry_at=None, now=NOW + seconds(TTL + 3)
+    assert await mark_failed(
+        b, fresh, status=502, error="HTTP 502", retry_at=None, now=NOW + seconds(TTL + 3)
     )
-    assert await store.mark_delivered(stale, status=200, now=NOW + seconds(TTL + 4)) is False
+    assert await mark_delivered(store, stale, status=200, now=NOW + seconds(TTL + 4)) is False
     stored = await row(store, stale.delivery_id)
     assert (stored["state"], stored["attempts"], stored["last_status"]) == ("dead", 1, 502)
 
@@ -566,7 +572,7 @@ async def test_release_claims_frees_only_own_claims(store: Store) -> None:
     mine = await store.claim("h", 2, ttl=TTL, now=NOW)
     theirs = await b.claim("h", 2, ttl=TTL, now=NOW)
     finished = await store.claim("h", 1, ttl=TTL, now=NOW)
-    await store.mark_delivered(finished[0], status=200, now=NOW)
+    await mark_delivered(store, finished[0], status=200, now=NOW)
     assert await store.release_claims() == 2
     rows = {r["id"]: r for r in await all_rows(store)}
     assert all(rows[c.delivery_id]["claimed_by"] is None for c in mine)
@@ -584,10 +590,10 @@ async def test_take_over_releases_what_a_killed_run_left(store: Store) -> None:
     await seed(store, 4)
     dead_run = other(store, "host:111")
     await dead_run.heartbeat(ttl=10, now=NOW, started_at=NOW)
-    await dead_run.acquire_room(ROOM, ttl=TTL, now=NOW)
-    await dead_run.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW)
+    await acquire_room(dead_run, ROOM, ttl=TTL, now=NOW)
+    await acquire_room(dead_run, OTHER_ROOM, ttl=TTL, now=NOW)
     claimed = await dead_run.claim("h", 3, ttl=TTL, now=NOW)
-    await dead_run.mark_delivered(claimed[0], status=200, now=NOW)
+    await mark_delivered(dead_run, claimed[0], status=200, now=NOW)
     await dead_run.claim("h", 1, ttl=TTL, now=NOW)
     await store.heartbeat(ttl=10, now=NOW, started_at=NOW)
 
@@ -599,7 +605,7 @@ async def test_take_over_releases_what_a_killed_run_left(store: Store) -> None:
     assert [s["id"] for s in await store.instance_states()] == ["test-instance"]
     # Everything is available to this run right away.
     assert len(await store.claim("h", 10, ttl=TTL, now=NOW + seconds(1))) == 3
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1)) is not None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(1)) is not None
 
 
 # --- inspection ---------------------------------------------------------------------
@@ -614,14 +620,19 @@ async def test_next_due(store: Store) -> None:
     one, two = await store.claim("h", 2, ttl=TTL, now=NOW)
     assert await store.next_due(["h"]) is None  # claimed rows are not "due"
     assert await store.next_due(["h", "g"]) == NOW
-    await store.mark_failed(one, status=500, error="x", retry_at=NOW + seconds(9), now=NOW)
-    await store.mark_failed(two, status=500, error="x", retry_at=NOW + seconds(5), now=NOW)
+    await mark_failed(store, one, status=500, error="x", retry_at=NOW + seconds(9), now=NOW)
+    await mark_failed(store, two, status=500, error="x", retry_at=NOW + seconds(5), now=NOW)
     due = await store.next_due(["h"])
     assert due == NOW + seconds(5)
     assert due is not None
     assert due.tzinfo is not None
-    await store.mark_failed(
-        await claim_one(store, now=NOW + seconds(6)), status=500, error="x", retry_at=None, now=NOW
+    await mark_failed(
+        store,
+        await claim_one(store, now=NOW + seconds(6)),
+        status=500,
+        error="x",
+        retry_at=None,
+        now=NOW,
     )
     assert await store.next_due(["h"]) == NOW + seconds(9)  # dead rows are never due
 
@@ -631,8 +642,8 @@ async def test_outbox_counts(store: Store) -> None:
     await seed(store, 4, hooks=[H, Hook("g", types=frozenset({PEER_JOIN}))])
     await seed(store, 1, start=10, hooks=[Hook("g")])
     delivered, dead = await store.claim("h", 2, ttl=TTL, now=NOW)
-    await store.mark_delivered(delivered, status=200, now=NOW)
-    await store.mark_failed(dead, status=500, error="x", retry_at=None, now=NOW)
+    await mark_delivered(store, delivered, status=200, now=NOW)
+    await mark_failed(store, dead, status=500, error="x", retry_at=None, now=NOW)
     assert await store.outbox_counts() == {
         ("h", "pending"): 2,
         ("h", "delivered"): 1,
@@ -648,12 +659,13 @@ async def test_oldest_pending(store: Store) -> None:
     assert await store.oldest_pending() == NOW
     first = await claim_one(store, now=NOW + seconds(20))
     assert first.created_at == NOW
-    await store.mark_delivered(first, status=200, now=NOW + seconds(20))
+    await mark_delivered(store, first, status=200, now=NOW + seconds(20))
     oldest = await store.oldest_pending()
     assert oldest == NOW + seconds(10)
     assert oldest is not None
     assert oldest.tzinfo is not None
-    await store.mark_failed(
+    await mark_failed(
+        store,
         await claim_one(store, now=NOW + seconds(20)),
         status=500,
         error="x",
@@ -666,8 +678,8 @@ async def test_oldest_pending(store: Store) -> None:
 async def test_list_deliveries_filters(store: Store) -> None:
     page = await seed(store, 3, hooks=[H, Hook("g")])
     a, b = await store.claim("h", 2, ttl=TTL, now=NOW)
-    await store.mark_delivered(a, status=200, now=NOW)
-    await store.mark_failed(b, status=500, error="HTTP 500", retry_at=None, now=NOW)
+    await mark_delivered(store, a, status=200, now=NOW)
+    await mark_failed(store, b, status=500, error="HTTP 500", retry_at=None, now=NOW)
 
     everything = await store.list_deliveries()
     assert len(everything) == 6
@@ -696,8 +708,8 @@ async def test_retry_dead_deliveries(store: Store) -> None:
         "g", 1, ttl=TTL, now=NOW
     )
     for claim in claims[1:]:
-        await store.mark_failed(claim, status=500, error="HTTP 500", retry_at=None, now=NOW)
-    await store.mark_delivered(claims[0], status=200, now=NOW)
+        await mark_failed(store, claim, status=500, error="HTTP 500", retry_at=None, now=NOW)
+    await mark_delivered(store, claims[0], status=200, now=NOW)
     dead_h = [c.delivery_id for c in claims[1:3]]
     dead_g = claims[3].delivery_id
 
@@ -736,10 +748,10 @@ async def test_prune_forgets_only_old_fully_delivered_events(store: Store) -> No
         for claim in await store.claim(webhook, 10, ttl=TTL, now=NOW):
             if claim.event_id == event.id:
                 if ok:
-                    assert await store.mark_delivered(claim, status=200, now=NOW)
+                    assert await mark_delivered(store, claim, status=200, now=NOW)
                 else:
-                    assert await store.mark_failed(
-                        claim, status=500, error="x", retry_at=None, now=NOW
+                    assert await mark_failed(
+                        store, claim, status=500, error="x", retry_at=None, now=NOW
                     )
         await store.release_claims()
 
@@ -824,8 +836,8 @@ async def test_concurrent_mark_after_expiry_has_one_winner_on_postgresql(pg_url:
         stale = await a.claim("h", 20, ttl=TTL, now=NOW)
         fresh = await b.claim("h", 20, ttl=TTL, now=NOW + seconds(TTL + 1))
         results = await asyncio.gather(
-            *(a.mark_delivered(c, status=200, now=NOW + seconds(TTL + 2)) for c in stale),
-            *(b.mark_delivered(c, status=200, now=NOW + seconds(TTL + 2)) for c in fresh),
+            *(mark_delivered(a, c, status=200, now=NOW + seconds(TTL + 2)) for c in stale),
+            *(mark_delivered(b, c, status=200, now=NOW + seconds(TTL + 2)) for c in fresh),
         )
         assert results == [False] * 20 + [True] * 20
         assert all(r["attempts"] == 1 for r in await all_rows(a))

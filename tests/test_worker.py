@@ -28,6 +28,7 @@ from poller.store.models import deliveries
 from poller.store.repo import Claim, Store
 from poller.timeutil import utcnow
 from tests.conftest import make_secret
+from tests.storeops import mark_delivered
 
 ROOM = "639924066893d18d47c86935"
 RECORDING = "beam.recording.success"
@@ -591,7 +592,7 @@ async def test_lost_claim_is_reported_and_not_overwritten(
         other = Store(store.engine, instance_id="other")
         later = utcnow() + dt.timedelta(seconds=2)
         (claim,) = await other.claim("slow", 1, ttl=30, now=later)
-        assert await other.mark_delivered(claim, status=200, now=later)
+        assert await mark_delivered(other, claim, status=200, now=later)
         holding.open()
         await outcomes.wait_for(lambda: bool(outcomes.items))
     assert [o.outcome for o in outcomes.items] == ["claim_lost"]

@@ -63,6 +63,13 @@ class DeliveryWorker:
         """Look for due deliveries now (new outbox rows were written)."""
         self._wake.set()
 
+    def loop_age(self) -> float | None:
+        """Seconds since the delivery loop last turned; None when it is not running."""
+        task = self._run_task
+        if task is None or task.done():
+            return None
+        return time.monotonic() - self.last_loop_at
+
     @property
     def in_flight(self) -> int:
         return sum(len(tasks) for tasks in self._inflight.values())

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Sequence
+import functools
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import Update, and_, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from poller.errors import StoreError
 from poller.events import Event
 from poller.states import DeliveryState
+from poller.store.db import schema_revisions
 from poller.store.models import deliveries, events, instances, rooms
+
+_MAX_ERROR = 300  # characters of a driver's message kept
 
 PENDING, DELIVERED, DEAD = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.DEAD
 
@@ -88,11 +94,47 @@ class DeliveryRow:
     last_error: str | None
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translated(
+    method: Callable[_P, Coroutine[Any, Any, _R]],
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """Turn the driver's failures into StoreError, so callers need not know SQLAlchemy.
+
+    The message is the driver's own first line: engines hide SQL parameters, which
+    hold event bodies (presigned URLs are credentials).
+    """
+
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(describe_store_error(exc)) from exc
+
+    return translated
+
+
+def describe_store_error(exc: BaseException) -> str:
+    """One bounded line naming a store failure: the driver's words, not the statement."""
+    reason: BaseException = exc
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        reason = exc.orig
+    lines = str(reason).strip().splitlines()
+    text = f"{type(reason).__name__}: {lines[0]}" if lines else type(reason).__name__
+    return text[:_MAX_ERROR]
+
+
 class Store:
-    """The store: the source of truth for what was seen and what is owed."""
+    """The store: the source of truth for what was seen and what is owed.
+
+    Every method is one transaction (or one read); failures raise StoreError.
+    """
 
     def __init__(self, engine: AsyncEngine, *, instance_id: str) -> None:
-        self.engine = engine
+        self._engine = engine
         self.instance_id = instance_id
         self._dialect = engine.dialect.name
         # Why built once: executed with a list of rows (executemany), each is compiled
@@ -106,12 +148,27 @@ class Store:
         self._insert_deliveries = deliveries.insert()
         self._room_ids = select(events.c.id).where(events.c.room_id == bindparam("room_id"))
 
+    @property
+    def single_instance(self) -> bool:
+        """SQLite: one instance per file, so what another run left is ours to take over."""
+        return self._dialect == "sqlite"
+
+    @_translated
+    async def schema_revisions(self) -> tuple[str | None, str | None]:
+        """(current revision in the store, head revision shipped with this version)."""
+        return await schema_revisions(self._engine)
+
+    async def close(self) -> None:
+        """Close every connection of the engine."""
+        await self._engine.dispose()
+
     def _insert(self, table: Any) -> Any:
         # ON CONFLICT DO NOTHING lives in the dialects' own insert constructs.
         if self._dialect == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
 
+    @_translated
     async def record_page(
         self,
         room_id: str,
@@ -141,7 +198,7 @@ class Store:
             for e in unique.values()
         ]
         targets = list(webhooks) if deliver else []
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             # The unique key, not the page position, decides "new"; two
             # instances racing on one event still insert it once.
             new_ids = (await conn.execute(self._insert_events, rows)).scalars().all()
@@ -162,32 +219,14 @@ class Store:
                 await conn.execute(self._insert_deliveries, outbox)
         return PageOutcome(len(new_ids), len(outbox))
 
+    @_translated
     async def known_ids(self, room_id: str) -> set[str]:
         """Every event id stored for one room."""
-        async with self.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             result = await conn.execute(self._room_ids, {"room_id": room_id})
             return set(result.scalars())
 
-    async def acquire_room(
-        self,
-        room_id: str,
-        *,
-        ttl: float,
-        now: dt.datetime,
-        preferred: bool = True,
-        cooldown: float = 0.0,
-    ) -> RoomLease | None:
-        """Take or renew this instance's lease on a room; None when it is not ours to poll.
-
-        A room this instance is not the ``preferred`` owner of is never taken, and is
-        handed back if held; nobody may take it for ``cooldown`` seconds, so that a
-        room changing hands is not polled twice within one interval.
-        """
-        leases = await self.update_rooms(
-            acquire=[(room_id, preferred)], ttl=ttl, cooldown=cooldown, now=now
-        )
-        return leases[room_id]
-
+    @_translated
     async def update_rooms(
         self,
         *,
@@ -212,7 +251,7 @@ class Store:
         finished = dict(finish)
         wanted = dict(acquire)
         leases: dict[str, RoomLease | None] = {}
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             ok = sorted(room for room, error in finished.items() if error is None)
             if ok:
                 await conn.execute(
@@ -285,11 +324,12 @@ class Store:
             .values(lease_owner=None, lease_until=now + dt.timedelta(seconds=cooldown))
         )
 
+    @_translated
     async def heartbeat(
         self, *, ttl: float, now: dt.datetime, started_at: dt.datetime
     ) -> list[str]:
         """Say this instance is alive; return every live instance's id, sorted."""
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             stmt = self._insert(instances).values(
                 id=self.instance_id, started_at=started_at, heartbeat_at=now
             )
@@ -309,26 +349,26 @@ class Store:
             )
             return list(live.scalars())
 
+    @_translated
     async def deregister(self) -> None:
         """Leave the set of live instances (a graceful stop), so others rebalance at once."""
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             await conn.execute(delete(instances).where(instances.c.id == self.instance_id))
 
+    @_translated
     async def instance_states(self) -> list[dict[str, Any]]:
         """Every known instance with its last heartbeat, for `poller status`."""
-        async with self.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             rows = await conn.execute(select(instances).order_by(instances.c.id))
             return [dict(row._mapping) for row in rows]
 
-    async def finish_poll(self, room_id: str, *, error: str | None, now: dt.datetime) -> None:
-        """Record a poll's outcome; the first complete poll ends the room's backfill phase."""
-        await self.update_rooms(finish=[(room_id, error)], now=now)
-
+    @_translated
     async def release_rooms(self, *, now: dt.datetime, cooldown: float = 0.0) -> None:
         """Give up this instance's room leases; others may take them after ``cooldown``."""
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             await conn.execute(self._release(now, cooldown))
 
+    @_translated
     async def claim(self, webhook: str, limit: int, *, ttl: float, now: dt.datetime) -> list[Claim]:
         """Claim up to ``limit`` due deliveries of one webhook for ``ttl`` seconds."""
         if limit <= 0:
@@ -347,7 +387,7 @@ class Store:
             # queueing on them; SQLite renders nothing (one writer anyway).
             .with_for_update(skip_locked=True)
         )
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             claimed = (
                 await conn.execute(
                     update(deliveries)
@@ -382,24 +422,7 @@ class Store:
             key=lambda c: c.delivery_id,
         )
 
-    async def mark_delivered(self, claim: Claim, *, status: int, now: dt.datetime) -> bool:
-        """Record a successful attempt; False when the claim had been lost meanwhile."""
-        (kept,) = await self.record_attempts([AttemptRecord(claim, now, status)])
-        return kept
-
-    async def mark_failed(
-        self,
-        claim: Claim,
-        *,
-        status: int | None,
-        error: str,
-        retry_at: dt.datetime | None,
-        now: dt.datetime,
-    ) -> bool:
-        """Record a failed attempt: pending again at ``retry_at``, or dead when it is None."""
-        (kept,) = await self.record_attempts([AttemptRecord(claim, now, status, error, retry_at)])
-        return kept
-
+    @_translated
     async def record_attempts(self, records: Sequence[AttemptRecord]) -> list[bool]:
         """Record finished attempts in one transaction; per record, False when its claim
         had been lost meanwhile (that row is left as it is).
@@ -412,7 +435,7 @@ class Store:
             return []
         ours = and_(deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING)
         ids = [r.claim.delivery_id for r in records]
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             # Locked (on PostgreSQL) until the commit, so what is still ours stays ours.
             held = set(
                 (
@@ -451,17 +474,19 @@ class Store:
                 )
         return kept
 
+    @_translated
     async def release_claims(self, claims: Sequence[Claim] | None = None) -> int:
         """Hand back these claims (default: all of this instance's), to be retried at once."""
         mine = [deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING]
         if claims is not None:
             mine.append(deliveries.c.id.in_([c.delivery_id for c in claims]))
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(deliveries).where(*mine).values(claimed_by=None, claimed_until=None)
             )
         return int(result.rowcount)
 
+    @_translated
     async def take_over(self) -> tuple[int, int]:
         """Claim back everything another run left: for a lone instance (SQLite) starting.
 
@@ -469,7 +494,7 @@ class Store:
         instance row behind under its old pid; waiting for them to expire
         would only delay this run. Returns (claims, leases) released.
         """
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             claims = await conn.execute(
                 update(deliveries)
                 .where(deliveries.c.claimed_by.is_not(None), deliveries.c.state == PENDING)
@@ -483,11 +508,12 @@ class Store:
             await conn.execute(delete(instances).where(instances.c.id != self.instance_id))
         return int(claims.rowcount), int(leases.rowcount)
 
+    @_translated
     async def next_due(self, webhooks: Sequence[str]) -> dt.datetime | None:
         """When the earliest unclaimed pending delivery of these webhooks falls due."""
         if not webhooks:
             return None
-        async with self.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             value = await conn.scalar(
                 select(func.min(deliveries.c.next_attempt_at)).where(
                     deliveries.c.state == PENDING,
@@ -497,9 +523,10 @@ class Store:
             )
         return _aware(value)
 
+    @_translated
     async def outbox_counts(self) -> dict[tuple[str, str], int]:
         """Delivery counts by (webhook, state)."""
-        async with self.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(deliveries.c.webhook, deliveries.c.state, func.count()).group_by(
                     deliveries.c.webhook, deliveries.c.state
@@ -507,28 +534,32 @@ class Store:
             )
             return {(w, s): int(n) for w, s, n in rows}
 
+    @_translated
     async def oldest_pending(self) -> dt.datetime | None:
         """Creation time of the oldest delivery still owed."""
-        async with self.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             value = await conn.scalar(
                 select(func.min(deliveries.c.created_at)).where(deliveries.c.state == PENDING)
             )
         return _aware(value)
 
+    @_translated
     async def failing_rooms(self, *, after: int) -> int:
         """How many rooms have failed ``after`` or more walks in a row."""
-        async with self.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             value = await conn.scalar(
                 select(func.count()).select_from(rooms).where(rooms.c.failed_walks >= after)
             )
         return int(value or 0)
 
+    @_translated
     async def room_states(self) -> list[dict[str, Any]]:
         """Every room's poll state, for `poller status`."""
-        async with self.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             rows = await conn.execute(select(rooms).order_by(rooms.c.id))
             return [dict(row._mapping) for row in rows]
 
+    @_translated
     async def list_deliveries(
         self, *, state: str | None = None, webhook: str | None = None, limit: int = 50
     ) -> list[DeliveryRow]:
@@ -549,10 +580,11 @@ class Store:
             query = query.where(deliveries.c.state == state)
         if webhook is not None:
             query = query.where(deliveries.c.webhook == webhook)
-        async with self.engine.connect() as conn:
+        async with self._engine.connect() as conn:
             rows = await conn.execute(query.order_by(deliveries.c.id.desc()).limit(limit))
             return [DeliveryRow(**row._mapping) for row in rows]
 
+    @_translated
     async def retry(
         self, *, ids: Sequence[int] = (), webhook: str | None = None, now: dt.datetime
     ) -> int:
@@ -562,7 +594,7 @@ class Store:
             cond.append(deliveries.c.id.in_(ids))
         if webhook is not None:
             cond.append(deliveries.c.webhook == webhook)
-        async with self.engine.begin() as conn:
+        async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(deliveries)
                 .where(and_(*cond))
@@ -570,13 +602,14 @@ class Store:
             )
         return int(result.rowcount)
 
+    @_translated
     async def prune(self, *, seen_before: dt.datetime, batch: int = 1000) -> int:
         """Forget events seen before ``seen_before`` whose deliveries are all done."""
         owed = exists().where(deliveries.c.event_id == events.c.id, deliveries.c.state != DELIVERED)
         total = 0
         while True:
             victims = select(events.c.id).where(events.c.seen_at < seen_before, ~owed).limit(batch)
-            async with self.engine.begin() as conn:
+            async with self._engine.begin() as conn:
                 # Deleting the outbox rows explicitly keeps this correct even
                 # where foreign keys are not enforced.
                 ids = (await conn.execute(victims)).scalars().all()
