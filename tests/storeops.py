@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from poller.store.repo import AttemptRecord, Claim, RoomLease, Store
 
 
@@ -50,3 +52,13 @@ async def mark_failed(
     """Record one failed attempt: pending again at ``retry_at``, or dead when it is None."""
     (kept,) = await store.record_attempts([AttemptRecord(claim, now, status, error, retry_at)])
     return kept
+
+
+def engine_of(store: Store) -> AsyncEngine:
+    """The engine under a store: tests read the tables and start other instances on it."""
+    return store._engine
+
+
+def sibling(store: Store, instance_id: str) -> Store:
+    """Another instance on the same database."""
+    return Store(engine_of(store), instance_id=instance_id)

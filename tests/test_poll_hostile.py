@@ -27,6 +27,7 @@ from poller.metrics import Metrics
 from poller.poll import BASELINE_AFTER_FAILED_WALKS, RoomPoller
 from poller.store.repo import Store
 from tests.conftest import ConfigWriter, make_secret
+from tests.storeops import engine_of
 
 ROOM = "room-1"
 RECORDING = "beam.recording.success"
@@ -230,11 +231,11 @@ async def test_a_poll_of_known_pages_writes_nothing_about_events(
     def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+    event.listen(engine_of(store).sync_engine, "before_cursor_execute", seen)
     try:
         again = await poller.poll(ROOM)
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", seen)
+        event.remove(engine_of(store).sync_engine, "before_cursor_execute", seen)
 
     assert (again.outcome, again.pages, again.events, again.new) == ("ok", 2, 150, 0)
     # Only the room's lease and outcome: no read or write of events or the outbox.

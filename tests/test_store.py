@@ -17,7 +17,14 @@ from poller.events import Event
 from poller.store.db import create_engine, migrate
 from poller.store.models import deliveries, events
 from poller.store.repo import Claim, DeliveryRow, RoomLease, Store
-from tests.storeops import acquire_room, finish_poll, mark_delivered, mark_failed
+from tests.storeops import (
+    acquire_room,
+    engine_of,
+    finish_poll,
+    mark_delivered,
+    mark_failed,
+    sibling,
+)
 
 ROOM = "639924066893d18d47c86935"
 OTHER_ROOM = "63992406aaaaaaaaaaaaaaaa"
@@ -65,7 +72,7 @@ H = Hook("h")
 
 def other(store: Store, instance_id: str = "other") -> Store:
     """A second instance on the same database."""
-    return Store(store.engine, instance_id=instance_id)
+    return sibling(store, instance_id)
 
 
 async def seed(
@@ -84,19 +91,19 @@ async def seed(
 
 
 async def row(store: Store, delivery_id: int) -> dict[str, Any]:
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         result = await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))
         return dict(result.one()._mapping)
 
 
 async def all_rows(store: Store) -> list[dict[str, Any]]:
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         result = await conn.execute(select(deliveries).order_by(deliveries.c.id))
         return [dict(r._mapping) for r in result]
 
 
 async def event_ids(store: Store) -> set[str]:
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         return set((await conn.execute(select(events.c.id))).scalars())
 
 
@@ -128,7 +135,7 @@ async def test_record_page_inserts_new_events_once(store: Store) -> None:
 async def test_record_page_stores_the_event_as_given(store: Store) -> None:
     event = make_event(7)
     await store.record_page(ROOM, [event], [H], deliver=True, now=NOW)
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         stored = (await conn.execute(select(events))).one()._mapping
     assert stored["id"] == event.id
     assert stored["room_id"] == ROOM
@@ -233,7 +240,7 @@ async def test_two_instances_racing_on_one_page_insert_it_once(store: Store) -> 
 async def test_deleting_an_event_cascades_to_its_deliveries(store: Store) -> None:
     # The foreign key is enforced on both backends (SQLite: PRAGMA foreign_keys=ON).
     event, keep = await seed(store, 2)
-    async with store.engine.begin() as conn:
+    async with engine_of(store).begin() as conn:
         await conn.execute(delete(events).where(events.c.id == event.id))
     assert [r["event_id"] for r in await all_rows(store)] == [keep.id]
 
