@@ -14,7 +14,9 @@ stored it) costs one write that finds it there.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from poller.batch import GroupCommit
 
 __all__ = ["KnownIds"]
 
@@ -22,7 +24,10 @@ __all__ = ["KnownIds"]
 class KnownIds:
     """Per room, the ids stored; loaded from the store the first time a room asks."""
 
-    def __init__(self, load: Callable[[str], Awaitable[set[str]]]) -> None:
+    def __init__(self, load: Callable[[Sequence[str]], Awaitable[dict[str, set[str]]]]) -> None:
+        # Why batched: at start every room asks once; one query per room, queued on
+        # SQLite's single connection, halved the polls a second at 5,000 rooms.
+        self._loads = GroupCommit(self._load_batch)
         self._load = load
         self._rooms: dict[str, set[str]] = {}
 
@@ -30,8 +35,12 @@ class KnownIds:
         """The ids (each once, in order) not known to be stored for this room."""
         known = self._rooms.get(room_id)
         if known is None:
-            known = self._rooms[room_id] = await self._load(room_id)
+            known = self._rooms[room_id] = await self._loads.submit(room_id)
         return [i for i in dict.fromkeys(ids) if i not in known]
+
+    async def _load_batch(self, rooms: list[str]) -> list[set[str]]:
+        loaded = await self._load(sorted(set(rooms)))
+        return [loaded.get(room, set()) for room in rooms]
 
     def add(self, room_id: str, ids: Iterable[str]) -> None:
         """Note ids that a committed transaction left in the store."""
