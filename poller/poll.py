@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -19,8 +21,35 @@ from poller.hms.client import ApiError, HmsClient
 from poller.hms.page import Skipped
 from poller.states import PollOutcome
 from poller.store.known import KnownIds
-from poller.store.repo import PageOutcome, RoomLease, Store, WebhookFilter
+from poller.store.repo import PageOutcome, RoomLease, WebhookFilter
 from poller.timeutil import utcnow
+
+
+class PollStore(Protocol):
+    """What a poll needs of the store (``poller.store.repo.Store`` is the real one)."""
+
+    async def known_ids(self, room_ids: Sequence[str]) -> dict[str, set[str]]: ...
+
+    async def record_page(
+        self,
+        room_id: str,
+        page: Sequence[Event],
+        webhooks: Iterable[WebhookFilter],
+        *,
+        deliver: bool,
+        now: dt.datetime,
+    ) -> PageOutcome: ...
+
+    async def update_rooms(
+        self,
+        *,
+        finish: Sequence[tuple[str, str | None]] = (),
+        acquire: Sequence[tuple[str, bool]] = (),
+        ttl: float = 0.0,
+        cooldown: float = 0.0,
+        baseline: Collection[str] = (),
+        now: dt.datetime,
+    ) -> dict[str, RoomLease | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +119,7 @@ class RoomPoller:
     def __init__(
         self,
         client: HmsClient,
-        store: Store,
+        store: PollStore,
         webhooks: Sequence[WebhookFilter],
         *,
         event_types: Sequence[str],

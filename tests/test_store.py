@@ -619,17 +619,19 @@ async def test_take_over_releases_what_a_killed_run_left(store: Store) -> None:
 
 
 async def test_next_due(store: Store) -> None:
-    assert await store.next_due(["h"]) is None
-    assert await store.next_due([]) is None
+    assert await store.next_due(["h"], now=NOW) is None
+    assert await store.next_due([], now=NOW) is None
     await seed(store, 2, hooks=[H, Hook("g")])
-    assert await store.next_due(["h"]) == NOW
-    assert await store.next_due(["nobody"]) is None
+    assert await store.next_due(["h"], now=NOW) == NOW
+    assert await store.next_due(["nobody"], now=NOW) is None
     one, two = await store.claim("h", 2, ttl=TTL, now=NOW)
-    assert await store.next_due(["h"]) is None  # claimed rows are not "due"
-    assert await store.next_due(["h", "g"]) == NOW
+    assert await store.next_due(["h"], now=NOW) is None  # claimed rows are not "due"
+    assert await store.next_due(["h", "g"], now=NOW) == NOW
+    # ...until their claim expires: then claim() takes them, so they are due as it says.
+    assert await store.next_due(["h"], now=NOW + seconds(TTL + 1)) == NOW
     await mark_failed(store, one, status=500, error="x", retry_at=NOW + seconds(9), now=NOW)
     await mark_failed(store, two, status=500, error="x", retry_at=NOW + seconds(5), now=NOW)
-    due = await store.next_due(["h"])
+    due = await store.next_due(["h"], now=NOW)
     assert due == NOW + seconds(5)
     assert due is not None
     assert due.tzinfo is not None
@@ -641,7 +643,7 @@ async def test_next_due(store: Store) -> None:
         retry_at=None,
         now=NOW,
     )
-    assert await store.next_due(["h"]) == NOW + seconds(9)  # dead rows are never due
+    assert await store.next_due(["h"], now=NOW) == NOW + seconds(9)  # dead rows are never due
 
 
 async def test_outbox_counts(store: Store) -> None:

@@ -192,8 +192,8 @@ class ObservedStore(Store):
         super().__init__(engine_of(store), instance_id=store.instance_id)
         self.idle = asyncio.Event()
 
-    async def next_due(self, webhooks: Sequence[str]) -> dt.datetime | None:
-        due = await super().next_due(webhooks)
+    async def next_due(self, webhooks: Sequence[str], *, now: dt.datetime) -> dt.datetime | None:
+        due = await super().next_due(webhooks, now=now)
         self.idle.set()  # the worker goes to sleep right after this returns
         return due
 

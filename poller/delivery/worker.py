@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -17,7 +17,7 @@ from poller.batch import GroupCommit
 from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Attempt, Sender, Target
 from poller.states import AttemptOutcome
-from poller.store.repo import AttemptRecord, Claim, Store
+from poller.store.repo import AttemptRecord, Claim
 from poller.timeutil import utcnow
 
 # How often an idle worker looks for work it was not woken for: retries
@@ -25,12 +25,28 @@ from poller.timeutil import utcnow
 IDLE_WAIT = 1.0
 
 
+class OutboxStore(Protocol):
+    """What the delivery loop needs of the store (``poller.store.repo.Store`` is the real one)."""
+
+    async def claim(
+        self, webhook: str, limit: int, *, ttl: float, now: dt.datetime
+    ) -> list[Claim]: ...
+
+    async def record_attempts(self, records: Sequence[AttemptRecord]) -> list[bool]: ...
+
+    async def release_claims(self, claims: Sequence[Claim] | None = None) -> int: ...
+
+    async def next_due(
+        self, webhooks: Sequence[str], *, now: dt.datetime
+    ) -> dt.datetime | None: ...
+
+
 class DeliveryWorker:
     """Delivers owed events, each webhook within its own concurrency limit."""
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         sender: Sender,
         targets: Sequence[Target],
         policy: RetryPolicy,
@@ -130,7 +146,7 @@ class DeliveryWorker:
         return claimed, idle
 
     async def _idle_timeout(self, idle: list[str]) -> float:
-        due = await self._store.next_due(idle)
+        due = await self._store.next_due(idle, now=utcnow())
         if due is None:
             return self._idle_wait
         return min(self._idle_wait, max(0.0, (due - utcnow()).total_seconds()))

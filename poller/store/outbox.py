@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from poller.store.base import DEAD, DELIVERED, PENDING, StoreBase, aware, translated
@@ -65,10 +65,7 @@ class Outbox(StoreBase):
         due = (
             select(deliveries.c.id)
             .where(
-                deliveries.c.state == PENDING,
-                deliveries.c.webhook == webhook,
-                deliveries.c.next_attempt_at <= now,
-                or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now),
+                _waiting(now), deliveries.c.webhook == webhook, deliveries.c.next_attempt_at <= now
             )
             .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
             .limit(limit)
@@ -176,16 +173,14 @@ class Outbox(StoreBase):
         return int(result.rowcount)
 
     @translated
-    async def next_due(self, webhooks: Sequence[str]) -> dt.datetime | None:
-        """When the earliest unclaimed pending delivery of these webhooks falls due."""
+    async def next_due(self, webhooks: Sequence[str], *, now: dt.datetime) -> dt.datetime | None:
+        """When the earliest claimable delivery of these webhooks falls due (``claim``'s rule)."""
         if not webhooks:
             return None
         async with self._engine.connect() as conn:
             value = await conn.scalar(
                 select(func.min(deliveries.c.next_attempt_at)).where(
-                    deliveries.c.state == PENDING,
-                    deliveries.c.webhook.in_(webhooks),
-                    deliveries.c.claimed_until.is_(None),
+                    _waiting(now), deliveries.c.webhook.in_(webhooks)
                 )
             )
         return aware(value)
@@ -252,6 +247,16 @@ class Outbox(StoreBase):
                 .values(state=PENDING, attempts=0, next_attempt_at=now, last_error=None)
             )
         return int(result.rowcount)
+
+
+def _waiting(now: dt.datetime) -> ColumnElement[bool]:
+    """Owed and not held by a live claim: what ``claim`` may take once it is due.
+
+    Why one expression: ``claim`` and ``next_due`` each wrote their own and differed
+    (an expired claim was claimable but never "due").
+    """
+    unclaimed = or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now)
+    return and_(deliveries.c.state == PENDING, unclaimed)
 
 
 async def _bodies(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
