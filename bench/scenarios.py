@@ -8,6 +8,7 @@ counted at the fake API, deliveries counted at the sink.
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ Row = dict[str, Any]
 BACKLOG_ROOMS = 100
 OFFERED_POLLS = 5000  # polls/s asked of the daemon in the capacity scenario
 MEMORY_POLLS = 2000  # polls/s in the memory scenario (busy, but not overloaded)
+ON_TIME_MARGIN_S = 1.0  # a room is walked on time when its walks are <= interval + this apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,42 @@ def _sink(children: Children, hooks: list[Hook]) -> str:
     return f"http://127.0.0.1:{port_of(children.spawn('sink', args))}"
 
 
+@dataclass(frozen=True, slots=True)
+class Rig:
+    """A fake API with ``rooms`` rooms, a sink with one webhook, and a daemon config for them."""
+
+    api: str
+    api_child: Child
+    sink: str
+    hooks: list[Hook]
+    config: str
+
+
+def _rig(
+    ctx: Context,
+    children: Children,
+    name: str,
+    rooms: int,
+    api_args: list[str],
+    *,
+    interval: float,
+    backfill: bool = True,
+) -> Rig:
+    hooks = new_hooks(1)
+    api, api_child = _fake_api(children, "--rooms", str(rooms), *api_args)
+    sink = _sink(children, hooks)
+    config = daemon_config(
+        api_url=api,
+        sink_url=sink,
+        store_url=_store(ctx, "sqlite", name),
+        rooms=room_ids(rooms),
+        hooks=hooks,
+        interval=interval,
+        backfill=backfill,
+    )
+    return Rig(api, api_child, sink, hooks, config)
+
+
 def _wait(what: str, done: Callable[[], bool], timeout: float, step: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -68,11 +106,26 @@ def _wait(what: str, done: Callable[[], bool], timeout: float, step: float = 0.1
         time.sleep(step)
 
 
-def _finish(spy: Child | None) -> None:
-    """Let a py-spy recorder write its output (it stops after its duration)."""
+def _finish(spy: Child | None, *, now: bool = False) -> None:
+    """Let a py-spy recorder write its output (it stops after its duration, or at once on
+    SIGINT with ``now``: for windows that end when the work is done)."""
     if spy is not None:
+        if now and spy.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                spy.proc.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             spy.proc.wait(30)
+
+
+def _sink_has(sink: str, count: int, stats: dict[str, Any]) -> Callable[[], bool]:
+    """A _wait() condition: the sink holds ``count`` distinct deliveries (``stats`` is
+    updated with its latest /_stats on every check)."""
+
+    def done() -> bool:
+        stats.update(get_json(f"{sink}/_stats"))
+        return int(stats["unique"]) >= count
+
+    return done
 
 
 def _mb(kb: int) -> float:
@@ -103,19 +156,8 @@ def _polling(
 ) -> tuple[str, Child, str]:
     """The fake API (one event in every 100th room: mostly empty, as most rooms are
     most of the time), a sink, and a daemon config polling every room."""
-    hooks = new_hooks(1)
-    api, api_child = _fake_api(children, "--rooms", str(rooms), "--sparse", "100")
-    sink = _sink(children, hooks)
-    config = daemon_config(
-        api_url=api,
-        sink_url=sink,
-        store_url=_store(ctx, "sqlite", name),
-        rooms=room_ids(rooms),
-        hooks=hooks,
-        interval=interval,
-        poll_concurrency=32,
-    )
-    return api, api_child, config
+    rig = _rig(ctx, children, name, rooms, ["--sparse", "100"], interval=interval)
+    return rig.api, rig.api_child, rig.config
 
 
 def poll_capacity(ctx: Context, rooms: int, window: float) -> Row:
@@ -159,23 +201,27 @@ def poll_capacity(ctx: Context, rooms: int, window: float) -> Row:
     b_rate = b_polls / b_elapsed
     cpu = d1.cpu_s - d0.cpu_s
     b_cpu = b1.cpu_s - b0.cpu_s
+    cpu_per_poll = cpu / max(polls, 1)
+    b_cpu_per_poll = b_cpu / max(b_polls, 1)
     return {
         "rooms": rooms,
         "interval_s": interval,
         "window_s": round(elapsed, 2),
         "polls_per_s": round(rate, 1),
-        "cpu_ms_per_poll": round(1000 * cpu / max(polls, 1), 3),
+        "cpu_ms_per_poll": round(1000 * cpu_per_poll, 3),
         "daemon_cpu_util": round(cpu / elapsed, 2),
         "peak_rss_mb": _mb(d1.hwm_kb),
         "startup_s": round(daemon.startup_s, 3),
         "exit_code": code,
         "api_cpu_util": round((a1.cpu_s - a0.cpu_s) / elapsed, 2),
         "baseline_polls_per_s": round(b_rate, 1),
-        "baseline_cpu_ms_per_poll": round(1000 * b_cpu / max(b_polls, 1), 3),
+        "baseline_cpu_ms_per_poll": round(1000 * b_cpu_per_poll, 3),
         "baseline_api_cpu_util": round((ba1.cpu_s - ba0.cpu_s) / b_elapsed, 2),
         "ratio": round(rate / b_rate, 2) if b_rate else None,
         # Throughput per CPU second against the baseline's: the ratio if each had a core.
-        "cpu_ratio": round((b_cpu / max(b_polls, 1)) / (cpu / max(polls, 1)), 2) if cpu else None,
+        "cpu_ratio": round(b_cpu_per_poll / cpu_per_poll, 2) if cpu else None,
+        # CPU per poll as a multiple of the raw GET's (the inverse of cpu_ratio).
+        "cpu_vs_raw": round(cpu_per_poll / b_cpu_per_poll, 2) if b_cpu else None,
     }
 
 
@@ -234,12 +280,7 @@ def delivery(ctx: Context, store: str, hook_count: int, events: int) -> Row:
         d0 = daemon.child.usage()
         spy = profile(children, f"deliver-{store}-{hook_count}", daemon.child.pid, 5)
         stats: dict[str, Any] = {}
-
-        def drained() -> bool:
-            stats.update(get_json(f"{sink}/_stats"))
-            return int(stats["unique"]) >= expected
-
-        _wait("the backlog to drain", drained, timeout)
+        _wait("the backlog to drain", _sink_has(sink, expected, stats), timeout)
         d1 = daemon.child.usage()
         _finish(spy)
         code = daemon.stop()
@@ -283,6 +324,173 @@ def delivery(ctx: Context, store: str, hook_count: int, events: int) -> Row:
     }
 
 
+# --- 2b. walking what the API holds: a backlog there, and known history re-read ---------
+
+WALK_ROOMS = 50  # the backlog scenario's rooms
+WALK_PER_ROOM = "68:148"  # events per room in the backlog: one or two pages of 100
+HISTORY_PER_ROOM = 250  # known events per room in the history scenario: three pages
+HISTORY_INTERVAL = 2.0
+HISTORY_RATE = 4.0  # new events per second during the history window
+
+
+def backlog_walk(ctx: Context, events: int, bound: float) -> Row:
+    """Events already at the API, ``backfill = true``: spawn to the last delivery, against a
+    raw loop that walks every room's pages and POSTs every event, from its own spawn."""
+    interval = 1.0
+    with Children(ctx.workdir) as children:
+        api_args = ["--per-room", WALK_PER_ROOM, "--total", str(events)]
+        rig = _rig(ctx, children, "backlog", WALK_ROOMS, api_args, interval=interval)
+        api, sink = rig.api, rig.sink
+        daemon = start_daemon(children, "daemon-backlog", rig.config)
+        spy = profile(children, "backlog", daemon.child.pid, bound)
+        stats: dict[str, Any] = {}
+        left = bound - (time.monotonic() - daemon.spawned_at)
+        # A slow walk is the finding: report how far it got within the bound.
+        with contextlib.suppress(BenchError):
+            _wait("every event to be delivered", _sink_has(sink, events, stats), left, 0.05)
+        ended = time.monotonic()
+        d1 = daemon.child.usage()
+        pages = get_json(f"{api}/_stats")["requests"]
+        _finish(spy, now=True)
+        code = daemon.stop()
+        delivered = min(int(stats["unique"]), events)
+        complete = delivered >= events
+        span = (float(stats["last"]) if complete else ended) - daemon.spawned_at
+        daemon_stats = dict(stats)
+
+        post(f"{sink}/_reset")
+        r0 = get_json(f"{api}/_stats")["requests"]
+        spawned = time.monotonic()
+        args = ["walk-deliver", "--api", api, "--rooms", str(WALK_ROOMS), "--sink", sink]
+        args += ["--hook", rig.hooks[0].spec]
+        child, _ = _baseline(children, "baseline-backlog", args, bound)
+        child.send_line("go")
+        b_ok, _ = _baseline_done(child, bound)
+        b1 = usage(child.pid)  # all of its CPU, from its start, like the daemon's
+        b_stats = get_json(f"{sink}/_stats")
+        b_pages = get_json(f"{api}/_stats")["requests"] - r0
+        child.send_line("exit")
+
+    rate = delivered / span
+    b_span = float(b_stats["last"]) - spawned
+    b_rate = b_ok / b_span
+    return {
+        "rooms": WALK_ROOMS,
+        "events": events,
+        "interval_s": interval,
+        "bound_s": bound,
+        "delivered": delivered,
+        "complete": complete,
+        "span_s": round(span, 2),
+        "startup_s": round(daemon.startup_s, 3),
+        "events_per_s": round(rate, 1),
+        "cpu_s": round(d1.cpu_s, 2),
+        "cpu_ms_per_event": round(1000 * d1.cpu_s / max(delivered, 1), 3),
+        "pages": pages,
+        "peak_rss_mb": _mb(d1.hwm_kb),
+        "duplicates": daemon_stats["duplicates"],
+        "signatures_invalid": daemon_stats["invalid"],
+        "exit_code": code,
+        "baseline_delivered": b_ok,
+        "baseline_pages": b_pages,
+        "baseline_span_s": round(b_span, 2),
+        "baseline_events_per_s": round(b_rate, 1),
+        "baseline_cpu_ms_per_event": round(1000 * b1.cpu_s / max(b_ok, 1), 3),
+        "baseline_duplicates": b_stats["duplicates"],
+        "ratio": round(rate / b_rate, 3) if b_rate else None,
+    }
+
+
+def _walk_gaps(walks: dict[str, list[float]], t0: float, t1: float, end: float) -> list[float]:
+    """Per room, the longest time between two walk starts that spans part of [t0, t1]
+    (from the last start before t0; a walk still awaited at ``end`` counts up to ``end``)."""
+    longest = []
+    for starts in walks.values():
+        before = [t for t in starts if t <= t0]
+        points = (before[-1:] or [t0]) + [t for t in starts if t > t0]
+        gaps = [b - a for a, b in zip(points, [*points[1:], end], strict=True) if a <= t1]
+        longest.append(max(gaps))
+    return longest
+
+
+def history(ctx: Context, rooms: int, window: float, settle_bound: float) -> Row:
+    """Every room holds three pages of known events, walked every 2 s; a few new events a
+    second. CPU per page against a raw loop walking the same pages at the same pace,
+    whether each room was walked on time, and the new events' latency."""
+    interval = HISTORY_INTERVAL
+    count = int(HISTORY_RATE * window)
+    with Children(ctx.workdir) as children:
+        api_args = ["--per-room", str(HISTORY_PER_ROOM)]
+        rig = _rig(
+            ctx, children, f"history{rooms}", rooms, api_args, interval=interval, backfill=False
+        )
+        api, sink = rig.api, rig.sink
+        daemon = start_daemon(children, f"daemon-history{rooms}", rig.config)
+        # Without backfill a room's first complete poll records its events as seen; once
+        # the API has served every room's walk to the end twice, all of it is known.
+        api_stats: dict[str, Any] = {}
+
+        def settled() -> bool:
+            api_stats.update(get_json(f"{api}/_stats"))
+            return int(api_stats["walked_min"]) >= 2
+
+        with contextlib.suppress(BenchError):  # measured anyway; the row says so
+            _wait("every room to be walked twice", settled, settle_bound, 0.25)
+        settle_s = time.monotonic() - daemon.ready_at
+        d0, r0, t0 = daemon.child.usage(), get_json(f"{api}/_stats")["requests"], time.monotonic()
+        post(f"{api}/_inject?rate={HISTORY_RATE}&count={count}&rooms={rooms}")
+        spy = profile(children, f"history{rooms}", daemon.child.pid, window)
+        time.sleep(window)
+        d1, r1, t1 = daemon.child.usage(), get_json(f"{api}/_stats")["requests"], time.monotonic()
+        _finish(spy)
+        stats: dict[str, Any] = {}
+        with contextlib.suppress(BenchError):  # a missing event is reported, not waited for
+            _wait("the new events to arrive", _sink_has(sink, count, stats), 2 * interval + 5)
+        lat = _latencies(api, sink)
+        walks: dict[str, list[float]] = get_json(f"{api}/_walks")
+        gaps = _walk_gaps(walks, t0, t1, time.monotonic())
+        code = daemon.stop()
+
+        args = ["walk", "--api", api, "--rooms", str(rooms), "--duration", str(window)]
+        child, b0 = _baseline(
+            children, f"baseline-history{rooms}", [*args, "--interval", str(interval)], window
+        )
+        br0 = get_json(f"{api}/_stats")["requests"]
+        child.send_line("go")
+        _, b_elapsed = _baseline_done(child, window + 60)
+        b1 = usage(child.pid)
+        b_pages = get_json(f"{api}/_stats")["requests"] - br0
+        child.send_line("exit")
+
+    pages = r1 - r0
+    cpu_per_page = (d1.cpu_s - d0.cpu_s) / max(pages, 1)
+    b_cpu_per_page = (b1.cpu_s - b0.cpu_s) / max(b_pages, 1)
+    late = interval + ON_TIME_MARGIN_S
+    return {
+        "rooms": rooms,
+        "events_per_room": HISTORY_PER_ROOM,
+        "interval_s": interval,
+        "window_s": round(t1 - t0, 2),
+        "settled": int(api_stats["walked_min"]) >= 2,
+        "settle_s": round(settle_s, 1),
+        "pages": pages,
+        "pages_per_s": round(pages / (t1 - t0), 1),
+        "cpu_ms_per_page": round(1000 * cpu_per_page, 3),
+        "daemon_cpu_util": round((d1.cpu_s - d0.cpu_s) / (t1 - t0), 2),
+        "peak_rss_mb": _mb(d1.hwm_kb),
+        "max_gap_s": round(max(gaps), 2),
+        "late_rooms": sum(1 for g in gaps if g > late),
+        "new_events": count,
+        **lat,
+        "signatures_invalid": stats.get("invalid"),
+        "exit_code": code,
+        "baseline_pages": b_pages,
+        "baseline_pages_per_s": round(b_pages / b_elapsed, 1),
+        "baseline_cpu_ms_per_page": round(1000 * b_cpu_per_page, 3),
+        "cpu_vs_raw": round(cpu_per_page / b_cpu_per_page, 2) if b_cpu_per_page else None,
+    }
+
+
 # --- 3. end-to-end latency -------------------------------------------------------------
 
 
@@ -292,49 +500,43 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def _latencies(api: str, sink: str) -> Row:
+    """From visible at the fake API to the sink's first receipt, for every injected event."""
+    visible: dict[str, float] = get_json(f"{api}/_visible")
+    receipts: dict[str, float] = get_json(f"{sink}/_receipts")
+    lat = [receipts[i] - t for i, t in visible.items() if i in receipts]
+    if not lat:
+        return {"received": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    return {
+        "received": len(lat),
+        **{f"p{q}_ms": round(1000 * _percentile(lat, q / 100), 1) for q in (50, 90, 99)},
+        "max_ms": round(1000 * max(lat), 1),
+    }
+
+
 def latency(ctx: Context, duration: float, rate: float = 20.0, rooms: int = 50) -> Row:
     """Events appear at a steady rate; from visible at the API to the sink's 2xx."""
     interval = 1.0
     count = int(rate * duration)
-    hooks = new_hooks(1)
     with Children(ctx.workdir) as children:
-        api, _ = _fake_api(children, "--rooms", str(rooms))
-        sink = _sink(children, hooks)
-        config = daemon_config(
-            api_url=api,
-            sink_url=sink,
-            store_url=_store(ctx, "sqlite", "latency"),
-            rooms=room_ids(rooms),
-            hooks=hooks,
-            interval=interval,
-        )
-        daemon = start_daemon(children, "daemon-latency", config)
+        rig = _rig(ctx, children, "latency", rooms, [], interval=interval)
+        api, sink = rig.api, rig.sink
+        daemon = start_daemon(children, "daemon-latency", rig.config)
         time.sleep(interval + 1.0)  # every room polled once: no backfill left
         post(f"{api}/_inject?rate={rate}&count={count}&rooms={rooms}")
         spy = profile(children, "latency", daemon.child.pid, duration)
         stats: dict[str, Any] = {}
-
-        def delivered() -> bool:
-            stats.update(get_json(f"{sink}/_stats"))
-            return int(stats["unique"]) >= count
-
-        _wait("every injected event to arrive", delivered, duration + 30, step=0.25)
-        visible: dict[str, float] = get_json(f"{api}/_visible")
-        receipts: dict[str, float] = get_json(f"{sink}/_receipts")
+        _wait("every injected event to arrive", _sink_has(sink, count, stats), duration + 30, 0.25)
+        lat = _latencies(api, sink)
         peak = daemon.child.usage().hwm_kb
         _finish(spy)
         code = daemon.stop()
-    lat = [receipts[i] - t for i, t in visible.items() if i in receipts]
     return {
         "rooms": rooms,
         "rate_per_s": rate,
         "poll_interval_s": interval,
         "events": count,
-        "received": len(lat),
-        "p50_ms": round(1000 * _percentile(lat, 0.50), 1),
-        "p90_ms": round(1000 * _percentile(lat, 0.90), 1),
-        "p99_ms": round(1000 * _percentile(lat, 0.99), 1),
-        "max_ms": round(1000 * max(lat), 1),
+        **lat,
         "peak_rss_mb": _mb(peak),
         "signatures_invalid": stats["invalid"],
         "exit_code": code,
@@ -392,15 +594,10 @@ def memory(ctx: Context, rooms: int, events: int) -> Row:
         daemon = start_daemon(children, "daemon-memory", config)
         started = time.monotonic()
         stats: dict[str, Any] = {}
-
-        def drained() -> bool:
-            stats.update(get_json(f"{sink}/_stats"))
-            return int(stats["unique"]) >= events
-
         bound = 30 + events / 250
         # A starved backlog is a finding: report how far it got.
         with contextlib.suppress(BenchError):
-            _wait("the backlog to drain", drained, bound)
+            _wait("the backlog to drain", _sink_has(sink, events, stats), bound)
         # At least one full round of polls of every room.
         time.sleep(max(0.0, interval + 1.0 - (time.monotonic() - started)))
         peak = daemon.child.usage().hwm_kb

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from poller import __version__
 from poller.config import Config, describe, json_schema, load_config, resolve_config_path
 from poller.errors import UserError
+from poller.states import DeliveryState
 
 EXIT_USAGE = 2
 
@@ -24,7 +25,7 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 
 def _configure_logs(config: Config) -> None:
     from poller import log
-    from poller.app import secrets_of
+    from poller.parts import secrets_of
 
     log.configure(config.log.level, config.log.format, secrets=secrets_of(config))
 
@@ -53,12 +54,11 @@ def cmd_config_schema() -> int:
 
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     """Bring the store schema up to date."""
-    from poller.app import open_store
-    from poller.store.db import schema_revisions
+    from poller.parts import open_configured_store
 
     async def migrate() -> str | None:
-        async with open_store(config) as store:
-            current, _ = await schema_revisions(store.engine)
+        async with open_configured_store(config) as store:
+            current, _ = await store.schema_revisions()
             return current
 
     _configure_logs(config)
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     dl = add("deliveries", cmd_deliveries, "list deliveries or retry dead ones")
     dl.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
-    dl.add_argument("--state", choices=["pending", "delivered", "dead"])
+    dl.add_argument("--state", choices=[state.value for state in DeliveryState])
     dl.add_argument("--webhook", help="only this webhook")
     dl.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
     dl.add_argument("--id", type=int, action="append", default=[], help="retry this delivery id")

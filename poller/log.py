@@ -14,6 +14,9 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 # Loggers that speak at INFO about their own plumbing (every job run, every
 # SQL statement, every access) would drown the poll and delivery events.
 _CHATTY = ("apscheduler", "sqlalchemy.engine", "aiohttp.access", "alembic.runtime.migration")
+# APScheduler warns once per skipped or late run: under overload that was a line per
+# room per interval. poller.schedule.Lateness reports it instead, once per interval.
+_LATENESS_LOGGERS = ("apscheduler.scheduler", "apscheduler.executors")
 
 # Shorter strings are too likely to occur by chance to be worth masking.
 _MIN_SECRET_LEN = 6
@@ -101,6 +104,8 @@ def configure(
     root.setLevel(levelno)
     for name in _CHATTY:
         logging.getLogger(name).setLevel(max(levelno, logging.WARNING))
+    for name in _LATENESS_LOGGERS:
+        logging.getLogger(name).setLevel(max(levelno, logging.ERROR))
 
 
 class _LineLogger:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 
 from poller.delivery.sender import Attempt, Target
 from poller.hms.token import TokenProvider
-from poller.poll import PollResult
-from poller.store.models import STATES
+from poller.poll import FAILING_AFTER, PollResult
+from poller.states import AttemptOutcome, DeliveryState, PollOutcome
 from poller.store.repo import Claim, Store
 from poller.timeutil import utcnow
 
@@ -99,11 +99,25 @@ class Metrics:
         self.scrape_errors = Counter(
             "poller_metrics_refresh_errors", "Scrapes whose store read failed.", registry=r
         )
+        self.failing_rooms = Gauge(
+            "poller_rooms_failing",
+            f"Rooms whose last {FAILING_AFTER} or more walks failed in a row (see poller status).",
+            registry=r,
+        )
         self.oldest_pending = Gauge(
             "poller_oldest_pending_delivery_age_seconds",
             "Age of the oldest delivery still owed (0 when none).",
             registry=r,
         )
+
+    def watch_lateness(self, seconds: Callable[[], float]) -> None:
+        """Export how late polls start against their interval (read at scrape time)."""
+        Gauge(
+            "poller_poll_lag_seconds",
+            "How much later than their interval polls started, at most, over the last "
+            "interval (0: on time; rises when rooms are due faster than they can be polled).",
+            registry=self.registry,
+        ).set_function(seconds)
 
     def watch_tokens(self, tokens: TokenProvider) -> None:
         """Export the token provider's renewal count."""
@@ -111,21 +125,23 @@ class Metrics:
 
     def observe_poll(self, result: PollResult) -> None:
         self.polls.labels(outcome=result.outcome).inc()
-        if result.outcome == "leased":
+        if result.outcome is PollOutcome.LEASED:
             return
         self.poll_duration.observe(result.duration)
         self.events_seen.inc(result.new)
         self.events_skipped.inc(result.skipped)
-        if result.outcome == "ok":
+        if result.outcome is PollOutcome.OK:
             self.last_poll_success.set(time.time())
 
     def observe_api(self, status: str, seconds: float) -> None:
         self.api_requests.labels(status=status).inc()
         self.api_latency.observe(seconds)
 
-    def observe_attempt(self, target: Target, claim: Claim, attempt: Attempt, outcome: str) -> None:
+    def observe_attempt(
+        self, target: Target, claim: Claim, attempt: Attempt, outcome: AttemptOutcome
+    ) -> None:
         self.deliveries.labels(webhook=target.name, outcome=outcome).inc()
-        if outcome == "delivered":
+        if outcome is AttemptOutcome.DELIVERED:
             seen_for = (utcnow() - claim.created_at).total_seconds()
             self.delivery_latency.labels(webhook=target.name).observe(max(0.0, seen_for))
 
@@ -133,8 +149,9 @@ class Metrics:
         """Read the outbox gauges from the store (at scrape time: they are the store's truth)."""
         counts = await store.outbox_counts()
         for name in sorted(set(webhooks) | {w for w, _ in counts}):
-            for state in STATES:
+            for state in DeliveryState:
                 self.outbox.labels(webhook=name, state=state).set(counts.get((name, state), 0))
+        self.failing_rooms.set(await store.failing_rooms(after=FAILING_AFTER))
         oldest = await store.oldest_pending()
         self.oldest_pending.set(0 if oldest is None else (utcnow() - oldest).total_seconds())
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from poller.app import open_store
 from poller.config import Config
-from poller.store.db import schema_revisions
+from poller.parts import open_configured_store
+from poller.states import DeliveryState
 from poller.timeutil import utcnow
 
 
@@ -27,8 +27,8 @@ def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
 async def status(config: Config) -> str:
     """Schema revision, each room's last poll, and the outbox by webhook and state."""
     now = utcnow()
-    async with open_store(config, apply_migrations=False) as store:
-        current, head = await schema_revisions(store.engine)
+    async with open_configured_store(config, apply_migrations=False) as store:
+        current, head = await store.schema_revisions()
         if current != head:
             return f"store schema is at {current}, this version needs {head}: run `poller migrate`"
         rooms = {row["id"]: row for row in await store.room_states()}
@@ -50,14 +50,17 @@ async def status(config: Config) -> str:
             lines.append(f"  {room.id}: not polled yet")
             continue
         error = f", last error: {row['last_error']}" if row["last_error"] else ""
+        failed = row["failed_walks"]
+        failing = f", {failed} failed walks in a row" if failed else ""
+        baseline = "" if row["first_polled_at"] else ", no complete walk yet"
         owner = f", leased by {row['lease_owner']}" if row["lease_owner"] else ""
         lines.append(
             f"  {room.id}: last success {_ago(row['last_success_at'], now)}, "
-            f"last poll {_ago(row['last_polled_at'], now)}{owner}{error}"
+            f"last poll {_ago(row['last_polled_at'], now)}{owner}{failing}{baseline}{error}"
         )
     lines.append("deliveries (pending / delivered / dead):")
     for name in sorted({w.name for w in config.webhooks} | {w for w, _ in counts}):
-        p, d, x = (counts.get((name, s), 0) for s in ("pending", "delivered", "dead"))
+        p, d, x = (counts.get((name, s), 0) for s in DeliveryState)
         lines.append(f"  {name}: {p} / {d} / {x}")
     lines.append(f"oldest pending delivery: {_ago(oldest, now) if oldest else 'none'}")
     return "\n".join(lines)
@@ -66,14 +69,14 @@ async def status(config: Config) -> str:
 async def deliveries(config: Config, *, state: str | None, webhook: str | None, limit: int) -> str:
     """The most recent deliveries as a table."""
     now = utcnow()
-    async with open_store(config, apply_migrations=False) as store:
+    async with open_configured_store(config, apply_migrations=False) as store:
         rows = await store.list_deliveries(state=state, webhook=webhook, limit=limit)
     if not rows:
         return "no deliveries"
     lines = [f"{'id':>8}  {'webhook':<16} {'state':<9} {'tries':>5}  {'event':<36}  last"]
     for r in rows:
         last = f"{r.last_status or '-'} {r.last_error or ''}".strip()
-        when = _ago(r.next_attempt_at, now) if r.state == "pending" else ""
+        when = _ago(r.next_attempt_at, now) if r.state == DeliveryState.PENDING else ""
         lines.append(
             f"{r.id:>8}  {r.webhook:<16} {r.state:<9} {r.attempts:>5}  {r.event_id:<36}  "
             f"{last}{'  next ' + when if when else ''}"
@@ -83,6 +86,6 @@ async def deliveries(config: Config, *, state: str | None, webhook: str | None, 
 
 async def retry(config: Config, *, ids: Sequence[int], webhook: str | None) -> str:
     """Make dead deliveries pending again; the running daemon picks them up."""
-    async with open_store(config, apply_migrations=False) as store:
+    async with open_configured_store(config, apply_migrations=False) as store:
         count = await store.retry(ids=ids, webhook=webhook, now=utcnow())
     return f"{count} dead deliveries scheduled for a new attempt"

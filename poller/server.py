@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from aiohttp import web
 
+from poller.health import Check
 from poller.metrics import CONTENT_TYPE, Metrics
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str = ""
-
 
 LiveChecks = Callable[[], Sequence[Check]]
 ReadyChecks = Callable[[], Awaitable[Sequence[Check]]]

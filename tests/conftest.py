@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import tomli_w
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from poller.receiver import Receiver
 from poller.simulator import Simulator
@@ -99,12 +99,18 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    """A migrated store on each backend."""
+async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated store's engine on each backend, for tests that look at the tables."""
     engine = create_engine(store_url)
     await migrate(engine)
-    yield Store(engine, instance_id="test-instance")
+    yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> Store:
+    """A migrated store on each backend."""
+    return Store(engine, instance_id="test-instance")
 
 
 # --- HTTP peers ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from poller.batch import GroupCommit
 from poller.limit import Limiter
 from poller.store.repo import AttemptRecord, RoomLease, Store
+from tests.storeops import acquire_room
 from tests.test_store import NOW, TTL, all_rows, other, row, seconds, seed
 
 # --- GroupCommit -------------------------------------------------------------------------
@@ -118,7 +119,7 @@ async def test_a_cancelled_caller_does_not_stop_the_write() -> None:
 async def test_update_rooms_equals_one_call_per_room(store: Store) -> None:
     rooms = [f"room-{i}" for i in range(6)]
     b = other(store)
-    assert await b.acquire_room(rooms[5], ttl=TTL, now=NOW) is not None  # someone else's
+    assert await acquire_room(b, rooms[5], ttl=TTL, now=NOW) is not None  # someone else's
     leases = await store.update_rooms(
         acquire=[(r, True) for r in rooms], ttl=TTL, cooldown=5.0, now=NOW
     )
@@ -141,8 +142,8 @@ async def test_update_rooms_equals_one_call_per_room(store: Store) -> None:
     assert states[rooms[2]]["first_polled_at"] == later
     # Handed back with a cooldown: nobody may take it before it ends.
     assert states[rooms[3]]["lease_owner"] is None
-    assert await b.acquire_room(rooms[3], ttl=TTL, now=later + seconds(4)) is None
-    assert await b.acquire_room(rooms[3], ttl=TTL, now=later + seconds(6)) is not None
+    assert await acquire_room(b, rooms[3], ttl=TTL, now=later + seconds(4)) is None
+    assert await acquire_room(b, rooms[3], ttl=TTL, now=later + seconds(6)) is not None
     assert states[rooms[5]]["lease_owner"] == "other"
 
 

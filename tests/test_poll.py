@@ -14,6 +14,7 @@ from poller.poll import PollResult, RoomPoller
 from poller.simulator import Simulator
 from poller.store.repo import Store
 from tests.conftest import ACCESS_KEY, APP_SECRET
+from tests.storeops import acquire_room, sibling
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,10 @@ async def test_a_room_leased_by_another_instance_is_not_polled(
     client: HmsClient, store: Store, simulator: Simulator
 ) -> None:
     simulator.add_event("r1")
-    other = Store(store.engine, instance_id="other-instance")
+    other = sibling(store, "other-instance")
     from poller.timeutil import utcnow
 
-    assert await other.acquire_room("r1", ttl=60, now=utcnow()) is not None
+    assert await acquire_room(other, "r1", ttl=60, now=utcnow()) is not None
     before = len(simulator.requests)
     results: list[PollResult] = []
 

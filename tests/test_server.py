@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from poller.app import Daemon, open_store
+from poller.app import Daemon
 from poller.config import load_config
+from poller.parts import build, open_configured_store
 from poller.receiver import Receiver
 from poller.sdnotify import Notifier
 from poller.simulator import Simulator
@@ -38,12 +39,12 @@ async def daemon(
             )
         )
     )
-    async with open_store(config) as store:
-        d = Daemon(config, store, Notifier({}))
+    async with open_configured_store(config) as store:
+        d = Daemon(build(config, store), Notifier({}))
         task = asyncio.create_task(d.run())
         try:
             async with asyncio.timeout(10):
-                while d.server is None or d.server.port == 0:
+                while d.parts.server is None or d.parts.server.port == 0:
                     await asyncio.sleep(0.01)
             yield d
         finally:
@@ -52,10 +53,10 @@ async def daemon(
 
 
 async def get(d: Daemon, path: str) -> tuple[int, str]:
-    assert d.server is not None
+    assert d.parts.server is not None
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{d.server.port}{path}") as resp,
+        session.get(f"http://127.0.0.1:{d.parts.server.port}{path}") as resp,
     ):
         return resp.status, await resp.text()
 
@@ -126,13 +127,12 @@ async def test_endpoints_and_metrics_after_a_known_run(
 async def test_readyz_fails_when_polls_keep_failing(daemon: Daemon, simulator: Simulator) -> None:
     simulator.inject("500", times=10_000)
     async with asyncio.timeout(10):
-        while not samples(daemon.metrics.render().decode()).get(
+        while not samples(daemon.parts.metrics.render().decode()).get(
             ("poller_polls_total", (("outcome", "error"),))
         ):
             await asyncio.sleep(0.02)
-    # Pretend the daemon has run for a while and its last good poll is long gone.
-    daemon.started_at -= 3600
-    daemon.last_poll_at = None
+    # Pretend its last good poll is long gone.
+    daemon.parts.health.last_poll_at = None
     status, body = await get(daemon, "/readyz")
     assert status == 503
     assert '"polls"' in body

@@ -17,6 +17,14 @@ from poller.events import Event
 from poller.store.db import create_engine, migrate
 from poller.store.models import deliveries, events
 from poller.store.repo import Claim, DeliveryRow, RoomLease, Store
+from tests.storeops import (
+    acquire_room,
+    engine_of,
+    finish_poll,
+    mark_delivered,
+    mark_failed,
+    sibling,
+)
 
 ROOM = "639924066893d18d47c86935"
 OTHER_ROOM = "63992406aaaaaaaaaaaaaaaa"
@@ -64,7 +72,7 @@ H = Hook("h")
 
 def other(store: Store, instance_id: str = "other") -> Store:
     """A second instance on the same database."""
-    return Store(store.engine, instance_id=instance_id)
+    return sibling(store, instance_id)
 
 
 async def seed(
@@ -83,19 +91,19 @@ async def seed(
 
 
 async def row(store: Store, delivery_id: int) -> dict[str, Any]:
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         result = await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))
         return dict(result.one()._mapping)
 
 
 async def all_rows(store: Store) -> list[dict[str, Any]]:
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         result = await conn.execute(select(deliveries).order_by(deliveries.c.id))
         return [dict(r._mapping) for r in result]
 
 
 async def event_ids(store: Store) -> set[str]:
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         return set((await conn.execute(select(events.c.id))).scalars())
 
 
@@ -127,7 +135,7 @@ async def test_record_page_inserts_new_events_once(store: Store) -> None:
 async def test_record_page_stores_the_event_as_given(store: Store) -> None:
     event = make_event(7)
     await store.record_page(ROOM, [event], [H], deliver=True, now=NOW)
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         stored = (await conn.execute(select(events))).one()._mapping
     assert stored["id"] == event.id
     assert stored["room_id"] == ROOM
@@ -232,7 +240,7 @@ async def test_two_instances_racing_on_one_page_insert_it_once(store: Store) -> 
 async def test_deleting_an_event_cascades_to_its_deliveries(store: Store) -> None:
     # The foreign key is enforced on both backends (SQLite: PRAGMA foreign_keys=ON).
     event, keep = await seed(store, 2)
-    async with store.engine.begin() as conn:
+    async with engine_of(store).begin() as conn:
         await conn.execute(delete(events).where(events.c.id == event.id))
     assert [r["event_id"] for r in await all_rows(store)] == [keep.id]
 
@@ -242,17 +250,17 @@ async def test_deleting_an_event_cascades_to_its_deliveries(store: Store) -> Non
 
 async def test_acquire_room_lease(store: Store) -> None:
     b = other(store)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
     # Held: another instance is refused until the lease expires.
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1)) is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(TTL - 1)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(1)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(TTL - 1)) is None
     # The owner renews.
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(10)) == RoomLease(ROOM, None)
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(TTL + 1)) is None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(10)) == RoomLease(ROOM, None)
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(TTL + 1)) is None
     # Expired: the other instance takes it over, and now the first one is refused.
     later = NOW + seconds(10 + TTL + 1)
-    assert await b.acquire_room(ROOM, ttl=TTL, now=later) == RoomLease(ROOM, None)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=later + seconds(1)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=later) == RoomLease(ROOM, None)
+    assert await acquire_room(store, ROOM, ttl=TTL, now=later + seconds(1)) is None
     (state,) = await store.room_states()
     assert state["lease_owner"] == "other"
     assert state["lease_until"] == later + seconds(TTL)
@@ -261,63 +269,63 @@ async def test_acquire_room_lease(store: Store) -> None:
 
 async def test_leases_are_per_room(store: Store) -> None:
     b = other(store)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) is not None
-    assert await b.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW) is not None
-    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW) is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW) is None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW) is not None
+    assert await acquire_room(b, OTHER_ROOM, ttl=TTL, now=NOW) is not None
+    assert await acquire_room(store, OTHER_ROOM, ttl=TTL, now=NOW) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW) is None
 
 
 async def test_release_rooms_frees_only_own_leases(store: Store) -> None:
     b, c = other(store), other(store, "third")
-    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
-    await b.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW)
+    await acquire_room(store, ROOM, ttl=TTL, now=NOW)
+    await acquire_room(b, OTHER_ROOM, ttl=TTL, now=NOW)
     await store.release_rooms(now=NOW + seconds(1))
     states = {s["id"]: s for s in await store.room_states()}
     assert states[ROOM]["lease_owner"] is None
     assert states[OTHER_ROOM]["lease_owner"] == "other"
     # Free from the moment of release on (no cooldown by default).
-    assert await c.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1.001)) is not None
-    assert await c.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW + seconds(2)) is None
+    assert await acquire_room(c, ROOM, ttl=TTL, now=NOW + seconds(1.001)) is not None
+    assert await acquire_room(c, OTHER_ROOM, ttl=TTL, now=NOW + seconds(2)) is None
 
 
 async def test_release_rooms_with_cooldown(store: Store) -> None:
     b = other(store)
-    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
+    await acquire_room(store, ROOM, ttl=TTL, now=NOW)
     await store.release_rooms(now=NOW + seconds(1), cooldown=10)
     (state,) = await store.room_states()
     assert state["lease_owner"] is None
     assert state["lease_until"] == NOW + seconds(11)
     # Nobody, the previous owner included, takes it during the cooldown.
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(10)) is None
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(10)) is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(12)) == RoomLease(ROOM, None)
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(10)) is None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(10)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(12)) == RoomLease(ROOM, None)
 
 
 async def test_not_preferred_hands_the_room_back(store: Store) -> None:
     b = other(store)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) is not None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW) is not None
     # Not ours any more (the instance set changed): handed back, with a cooldown.
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1), preferred=False) is None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(1), preferred=False) is None
     (state,) = await store.room_states()
     assert state["lease_owner"] is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(2)) == RoomLease(ROOM, None)
+    assert await acquire_room(b, ROOM, ttl=TTL, now=NOW + seconds(2)) == RoomLease(ROOM, None)
     # A non-preferred instance never takes a room, even a free one...
-    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
-    assert await b.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW) is not None
+    assert await acquire_room(store, OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
+    assert await acquire_room(b, OTHER_ROOM, ttl=TTL, now=NOW) is not None
     # ...and never releases someone else's.
-    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
-    assert await store.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW + seconds(1)) is None
+    assert await acquire_room(store, OTHER_ROOM, ttl=TTL, now=NOW, preferred=False) is None
+    assert await acquire_room(store, OTHER_ROOM, ttl=TTL, now=NOW + seconds(1)) is None
     states = {s["id"]: s for s in await store.room_states()}
     assert states[OTHER_ROOM]["lease_owner"] == "other"
 
 
 async def test_not_preferred_with_cooldown(store: Store) -> None:
     b = other(store)
-    await store.acquire_room(ROOM, ttl=TTL, now=NOW)
+    await acquire_room(store, ROOM, ttl=TTL, now=NOW)
     released = NOW + seconds(1)
-    await store.acquire_room(ROOM, ttl=TTL, now=released, preferred=False, cooldown=5)
-    assert await b.acquire_room(ROOM, ttl=TTL, now=released + seconds(5)) is None
-    assert await b.acquire_room(ROOM, ttl=TTL, now=released + seconds(6)) is not None
+    await acquire_room(store, ROOM, ttl=TTL, now=released, preferred=False, cooldown=5)
+    assert await acquire_room(b, ROOM, ttl=TTL, now=released + seconds(5)) is None
+    assert await acquire_room(b, ROOM, ttl=TTL, now=released + seconds(6)) is not None
 
 
 # --- instances ----------------------------------------------------------------------
@@ -352,28 +360,50 @@ async def test_deregister(store: Store) -> None:
 
 
 async def test_first_polled_at_is_set_by_the_first_successful_poll(store: Store) -> None:
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
-    await store.finish_poll(ROOM, error="HTTP 500 from the API", now=NOW + seconds(1))
-    lease = await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(2))
-    assert lease == RoomLease(ROOM, None)  # a failed poll is not a complete poll
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW) == RoomLease(ROOM, None)
+    await finish_poll(store, ROOM, error="HTTP 500 from the API", now=NOW + seconds(1))
+    lease = await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(2))
+    # A failed poll is not a complete poll; it is counted.
+    assert lease == RoomLease(ROOM, None, failed_walks=1)
     (state,) = await store.room_states()
     assert state["last_error"] == "HTTP 500 from the API"
     assert state["last_success_at"] is None
 
     done = NOW + seconds(3)
-    await store.finish_poll(ROOM, error=None, now=done)
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(4)) == RoomLease(ROOM, done)
+    await finish_poll(store, ROOM, error=None, now=done)
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(4)) == RoomLease(ROOM, done)
     (state,) = await store.room_states()
     assert state["last_error"] is None
     assert state["last_success_at"] == done
 
     # Later polls, failed or not, never move it.
-    await store.finish_poll(ROOM, error="boom", now=NOW + seconds(5))
-    await store.finish_poll(ROOM, error=None, now=NOW + seconds(6))
-    lease = await other(store).acquire_room(ROOM, ttl=TTL, now=NOW + seconds(100))
+    await finish_poll(store, ROOM, error="boom", now=NOW + seconds(5))
+    await finish_poll(store, ROOM, error=None, now=NOW + seconds(6))
+    lease = await acquire_room(other(store), ROOM, ttl=TTL, now=NOW + seconds(100))
     assert lease == RoomLease(ROOM, done)
     (state,) = await store.room_states()
     assert state["last_success_at"] == NOW + seconds(6)
+
+
+async def test_failed_walks_count_in_a_row_and_a_baseline_can_end_without_success(
+    store: Store,
+) -> None:
+    await acquire_room(store, ROOM, ttl=TTL, now=NOW)
+    for i in range(2):
+        await store.update_rooms(finish=[(ROOM, "capped")], now=NOW + seconds(i))
+    lease = await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(3))
+    assert lease == RoomLease(ROOM, None, failed_walks=2)
+
+    ended = NOW + seconds(4)
+    await store.update_rooms(finish=[(ROOM, "capped")], baseline={ROOM}, now=ended)
+    lease = await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(5))
+    assert lease == RoomLease(ROOM, ended, failed_walks=3)
+    (state,) = await store.room_states()
+    assert (state["last_success_at"], state["last_error"]) == (None, "capped")
+
+    await store.update_rooms(finish=[(ROOM, None)], now=NOW + seconds(6))
+    lease = await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(7))
+    assert lease == RoomLease(ROOM, ended, failed_walks=0)
 
 
 # --- claims -------------------------------------------------------------------------
@@ -385,9 +415,9 @@ async def test_claim_only_due_pending_unclaimed_rows(store: Store) -> None:
     assert await store.claim("nobody", 10, ttl=TTL, now=NOW) == []  # another webhook's
     first = await claim_one(store)
     delivered = await claim_one(store)
-    await store.mark_delivered(delivered, status=204, now=NOW)
+    await mark_delivered(store, delivered, status=204, now=NOW)
     dead = await claim_one(store)
-    await store.mark_failed(dead, status=410, error="HTTP 410", retry_at=None, now=NOW)
+    await mark_failed(store, dead, status=410, error="HTTP 410", retry_at=None, now=NOW)
     rest = await store.claim("h", 10, ttl=TTL, now=NOW + seconds(1))
     assert [c.event_id for c in rest] == [page[3].id]
     assert first.event_id == page[0].id
@@ -425,8 +455,8 @@ async def test_claim_orders_by_next_attempt_at(store: Store) -> None:
     claims = await store.claim("h", 3, ttl=TTL, now=NOW)
     # Reschedule in the reverse of their creation order.
     for claim, delay in zip(claims, (30, 20, 10), strict=True):
-        assert await store.mark_failed(
-            claim, status=500, error="HTTP 500", retry_at=NOW + seconds(delay), now=NOW
+        assert await mark_failed(
+            store, claim, status=500, error="HTTP 500", retry_at=NOW + seconds(delay), now=NOW
         )
     later = NOW + seconds(60)
     order = [(await claim_one(store, now=later)).delivery_id for _ in range(3)]
@@ -451,7 +481,7 @@ async def test_mark_delivered(store: Store) -> None:
     await seed(store, 1)
     claim = await claim_one(store)
     done = NOW + seconds(2)
-    assert await store.mark_delivered(claim, status=204, now=done) is True
+    assert await mark_delivered(store, claim, status=204, now=done) is True
     stored = await row(store, claim.delivery_id)
     assert stored["state"] == "delivered"
     assert stored["attempts"] == 1
@@ -462,8 +492,8 @@ async def test_mark_delivered(store: Store) -> None:
     assert stored["claimed_by"] is None
     assert stored["claimed_until"] is None
     # Finishing the same claim twice is refused.
-    assert await store.mark_delivered(claim, status=204, now=done) is False
-    assert await store.mark_failed(claim, status=500, error="x", retry_at=None, now=done) is False
+    assert await mark_delivered(store, claim, status=204, now=done) is False
+    assert await mark_failed(store, claim, status=500, error="x", retry_at=None, now=done) is False
     assert (await row(store, claim.delivery_id))["attempts"] == 1
 
 
@@ -471,8 +501,8 @@ async def test_mark_failed_reschedules(store: Store) -> None:
     await seed(store, 1)
     claim = await claim_one(store)
     retry_at = NOW + seconds(5)
-    assert await store.mark_failed(
-        claim, status=500, error="HTTP 500", retry_at=retry_at, now=NOW + seconds(1)
+    assert await mark_failed(
+        store, claim, status=500, error="HTTP 500", retry_at=retry_at, now=NOW + seconds(1)
     )
     stored = await row(store, claim.delivery_id)
     assert stored["state"] == "pending"
@@ -488,8 +518,13 @@ async def test_mark_failed_reschedules(store: Store) -> None:
     assert await store.claim("h", 1, ttl=TTL, now=retry_at - seconds(0.001)) == []
     again = await claim_one(store, now=retry_at)
     assert again.attempts == 1
-    assert await store.mark_failed(
-        again, status=None, error="timed out after 10s", retry_at=NOW + seconds(60), now=retry_at
+    assert await mark_failed(
+        store,
+        again,
+        status=None,
+        error="timed out after 10s",
+        retry_at=NOW + seconds(60),
+        now=retry_at,
     )
     stored = await row(store, claim.delivery_id)
     assert stored["attempts"] == 2
@@ -500,8 +535,8 @@ async def test_mark_failed_reschedules(store: Store) -> None:
 async def test_mark_failed_without_retry_is_dead(store: Store) -> None:
     await seed(store, 1)
     claim = await claim_one(store)
-    assert await store.mark_failed(
-        claim, status=503, error="HTTP 503", retry_at=None, now=NOW + seconds(1)
+    assert await mark_failed(
+        store, claim, status=503, error="HTTP 503", retry_at=None, now=NOW + seconds(1)
     )
     stored = await row(store, claim.delivery_id)
     assert stored["state"] == "dead"
@@ -518,10 +553,10 @@ async def test_lost_claim_does_not_overwrite(store: Store) -> None:
     b = other(store)
     # The claim expires (this instance hung); another instance takes the delivery over.
     fresh = await claim_one(b, now=NOW + seconds(TTL + 1))
-    assert await store.mark_delivered(stale, status=200, now=NOW + seconds(TTL + 2)) is False
+    assert await mark_delivered(store, stale, status=200, now=NOW + seconds(TTL + 2)) is False
     assert (
-        await store.mark_failed(
-            stale, status=500, error="HTTP 500", retry_at=None, now=NOW + seconds(TTL + 2)
+        await mark_failed(
+            store, stale, status=500, error="HTTP 500", retry_at=None, now=NOW + seconds(TTL + 2)
         )
         is False
     )
@@ -530,10 +565,10 @@ async def test_lost_claim_does_not_overwrite(store: Store) -> None:
     assert stored["attempts"] == 0
     assert stored["claimed_by"] == "other"
     # The new owner finishes it; the stale one still cannot touch it afterwards.
-    assert await b.mark_failed(
-        fresh, status=502, error="HTTP 502", retry_at=None, now=NOW + seconds(TTL + 3)
+    assert await mark_failed(
+        b, fresh, status=502, error="HTTP 502", retry_at=None, now=NOW + seconds(TTL + 3)
     )
-    assert await store.mark_delivered(stale, status=200, now=NOW + seconds(TTL + 4)) is False
+    assert await mark_delivered(store, stale, status=200, now=NOW + seconds(TTL + 4)) is False
     stored = await row(store, stale.delivery_id)
     assert (stored["state"], stored["attempts"], stored["last_status"]) == ("dead", 1, 502)
 
@@ -544,7 +579,7 @@ async def test_release_claims_frees_only_own_claims(store: Store) -> None:
     mine = await store.claim("h", 2, ttl=TTL, now=NOW)
     theirs = await b.claim("h", 2, ttl=TTL, now=NOW)
     finished = await store.claim("h", 1, ttl=TTL, now=NOW)
-    await store.mark_delivered(finished[0], status=200, now=NOW)
+    await mark_delivered(store, finished[0], status=200, now=NOW)
     assert await store.release_claims() == 2
     rows = {r["id"]: r for r in await all_rows(store)}
     assert all(rows[c.delivery_id]["claimed_by"] is None for c in mine)
@@ -562,10 +597,10 @@ async def test_take_over_releases_what_a_killed_run_left(store: Store) -> None:
     await seed(store, 4)
     dead_run = other(store, "host:111")
     await dead_run.heartbeat(ttl=10, now=NOW, started_at=NOW)
-    await dead_run.acquire_room(ROOM, ttl=TTL, now=NOW)
-    await dead_run.acquire_room(OTHER_ROOM, ttl=TTL, now=NOW)
+    await acquire_room(dead_run, ROOM, ttl=TTL, now=NOW)
+    await acquire_room(dead_run, OTHER_ROOM, ttl=TTL, now=NOW)
     claimed = await dead_run.claim("h", 3, ttl=TTL, now=NOW)
-    await dead_run.mark_delivered(claimed[0], status=200, now=NOW)
+    await mark_delivered(dead_run, claimed[0], status=200, now=NOW)
     await dead_run.claim("h", 1, ttl=TTL, now=NOW)
     await store.heartbeat(ttl=10, now=NOW, started_at=NOW)
 
@@ -577,31 +612,38 @@ async def test_take_over_releases_what_a_killed_run_left(store: Store) -> None:
     assert [s["id"] for s in await store.instance_states()] == ["test-instance"]
     # Everything is available to this run right away.
     assert len(await store.claim("h", 10, ttl=TTL, now=NOW + seconds(1))) == 3
-    assert await store.acquire_room(ROOM, ttl=TTL, now=NOW + seconds(1)) is not None
+    assert await acquire_room(store, ROOM, ttl=TTL, now=NOW + seconds(1)) is not None
 
 
 # --- inspection ---------------------------------------------------------------------
 
 
 async def test_next_due(store: Store) -> None:
-    assert await store.next_due(["h"]) is None
-    assert await store.next_due([]) is None
+    assert await store.next_due(["h"], now=NOW) is None
+    assert await store.next_due([], now=NOW) is None
     await seed(store, 2, hooks=[H, Hook("g")])
-    assert await store.next_due(["h"]) == NOW
-    assert await store.next_due(["nobody"]) is None
+    assert await store.next_due(["h"], now=NOW) == NOW
+    assert await store.next_due(["nobody"], now=NOW) is None
     one, two = await store.claim("h", 2, ttl=TTL, now=NOW)
-    assert await store.next_due(["h"]) is None  # claimed rows are not "due"
-    assert await store.next_due(["h", "g"]) == NOW
-    await store.mark_failed(one, status=500, error="x", retry_at=NOW + seconds(9), now=NOW)
-    await store.mark_failed(two, status=500, error="x", retry_at=NOW + seconds(5), now=NOW)
-    due = await store.next_due(["h"])
+    assert await store.next_due(["h"], now=NOW) is None  # claimed rows are not "due"
+    assert await store.next_due(["h", "g"], now=NOW) == NOW
+    # ...until their claim expires: then claim() takes them, so they are due as it says.
+    assert await store.next_due(["h"], now=NOW + seconds(TTL + 1)) == NOW
+    await mark_failed(store, one, status=500, error="x", retry_at=NOW + seconds(9), now=NOW)
+    await mark_failed(store, two, status=500, error="x", retry_at=NOW + seconds(5), now=NOW)
+    due = await store.next_due(["h"], now=NOW)
     assert due == NOW + seconds(5)
     assert due is not None
     assert due.tzinfo is not None
-    await store.mark_failed(
-        await claim_one(store, now=NOW + seconds(6)), status=500, error="x", retry_at=None, now=NOW
+    await mark_failed(
+        store,
+        await claim_one(store, now=NOW + seconds(6)),
+        status=500,
+        error="x",
+        retry_at=None,
+        now=NOW,
     )
-    assert await store.next_due(["h"]) == NOW + seconds(9)  # dead rows are never due
+    assert await store.next_due(["h"], now=NOW) == NOW + seconds(9)  # dead rows are never due
 
 
 async def test_outbox_counts(store: Store) -> None:
@@ -609,8 +651,8 @@ async def test_outbox_counts(store: Store) -> None:
     await seed(store, 4, hooks=[H, Hook("g", types=frozenset({PEER_JOIN}))])
     await seed(store, 1, start=10, hooks=[Hook("g")])
     delivered, dead = await store.claim("h", 2, ttl=TTL, now=NOW)
-    await store.mark_delivered(delivered, status=200, now=NOW)
-    await store.mark_failed(dead, status=500, error="x", retry_at=None, now=NOW)
+    await mark_delivered(store, delivered, status=200, now=NOW)
+    await mark_failed(store, dead, status=500, error="x", retry_at=None, now=NOW)
     assert await store.outbox_counts() == {
         ("h", "pending"): 2,
         ("h", "delivered"): 1,
@@ -626,12 +668,13 @@ async def test_oldest_pending(store: Store) -> None:
     assert await store.oldest_pending() == NOW
     first = await claim_one(store, now=NOW + seconds(20))
     assert first.created_at == NOW
-    await store.mark_delivered(first, status=200, now=NOW + seconds(20))
+    await mark_delivered(store, first, status=200, now=NOW + seconds(20))
     oldest = await store.oldest_pending()
     assert oldest == NOW + seconds(10)
     assert oldest is not None
     assert oldest.tzinfo is not None
-    await store.mark_failed(
+    await mark_failed(
+        store,
         await claim_one(store, now=NOW + seconds(20)),
         status=500,
         error="x",
@@ -644,8 +687,8 @@ async def test_oldest_pending(store: Store) -> None:
 async def test_list_deliveries_filters(store: Store) -> None:
     page = await seed(store, 3, hooks=[H, Hook("g")])
     a, b = await store.claim("h", 2, ttl=TTL, now=NOW)
-    await store.mark_delivered(a, status=200, now=NOW)
-    await store.mark_failed(b, status=500, error="HTTP 500", retry_at=None, now=NOW)
+    await mark_delivered(store, a, status=200, now=NOW)
+    await mark_failed(store, b, status=500, error="HTTP 500", retry_at=None, now=NOW)
 
     everything = await store.list_deliveries()
     assert len(everything) == 6
@@ -674,8 +717,8 @@ async def test_retry_dead_deliveries(store: Store) -> None:
         "g", 1, ttl=TTL, now=NOW
     )
     for claim in claims[1:]:
-        await store.mark_failed(claim, status=500, error="HTTP 500", retry_at=None, now=NOW)
-    await store.mark_delivered(claims[0], status=200, now=NOW)
+        await mark_failed(store, claim, status=500, error="HTTP 500", retry_at=None, now=NOW)
+    await mark_delivered(store, claims[0], status=200, now=NOW)
     dead_h = [c.delivery_id for c in claims[1:3]]
     dead_g = claims[3].delivery_id
 
@@ -714,10 +757,10 @@ async def test_prune_forgets_only_old_fully_delivered_events(store: Store) -> No
         for claim in await store.claim(webhook, 10, ttl=TTL, now=NOW):
             if claim.event_id == event.id:
                 if ok:
-                    assert await store.mark_delivered(claim, status=200, now=NOW)
+                    assert await mark_delivered(store, claim, status=200, now=NOW)
                 else:
-                    assert await store.mark_failed(
-                        claim, status=500, error="x", retry_at=None, now=NOW
+                    assert await mark_failed(
+                        store, claim, status=500, error="x", retry_at=None, now=NOW
                     )
         await store.release_claims()
 
@@ -802,8 +845,8 @@ async def test_concurrent_mark_after_expiry_has_one_winner_on_postgresql(pg_url:
         stale = await a.claim("h", 20, ttl=TTL, now=NOW)
         fresh = await b.claim("h", 20, ttl=TTL, now=NOW + seconds(TTL + 1))
         results = await asyncio.gather(
-            *(a.mark_delivered(c, status=200, now=NOW + seconds(TTL + 2)) for c in stale),
-            *(b.mark_delivered(c, status=200, now=NOW + seconds(TTL + 2)) for c in fresh),
+            *(mark_delivered(a, c, status=200, now=NOW + seconds(TTL + 2)) for c in stale),
+            *(mark_delivered(b, c, status=200, now=NOW + seconds(TTL + 2)) for c in fresh),
         )
         assert results == [False] * 20 + [True] * 20
         assert all(r["attempts"] == 1 for r in await all_rows(a))

@@ -28,6 +28,7 @@ from poller.store.models import deliveries
 from poller.store.repo import Claim, Store
 from poller.timeutil import utcnow
 from tests.conftest import make_secret
+from tests.storeops import engine_of, mark_delivered, sibling
 
 ROOM = "639924066893d18d47c86935"
 RECORDING = "beam.recording.success"
@@ -77,7 +78,7 @@ async def seed(store: Store, hooks: Sequence[WebhookConfig], n: int, start: int 
 
 
 async def rows(store: Store) -> list[dict[str, Any]]:
-    async with store.engine.connect() as conn:
+    async with engine_of(store).connect() as conn:
         result = await conn.execute(select(deliveries).order_by(deliveries.c.id))
         return [dict(r._mapping) for r in result]
 
@@ -188,11 +189,11 @@ class ObservedStore(Store):
     """The real store, announcing when the worker has computed its idle wait."""
 
     def __init__(self, store: Store) -> None:
-        super().__init__(store.engine, instance_id=store.instance_id)
+        super().__init__(engine_of(store), instance_id=store.instance_id)
         self.idle = asyncio.Event()
 
-    async def next_due(self, webhooks: Sequence[str]) -> dt.datetime | None:
-        due = await super().next_due(webhooks)
+    async def next_due(self, webhooks: Sequence[str], *, now: dt.datetime) -> dt.datetime | None:
+        due = await super().next_due(webhooks, now=now)
         self.idle.set()  # the worker goes to sleep right after this returns
         return due
 
@@ -201,7 +202,7 @@ class GatedStore(Store):
     """The real store, whose next claim can be held at a gate by the test."""
 
     def __init__(self, store: Store) -> None:
-        super().__init__(store.engine, instance_id=store.instance_id)
+        super().__init__(engine_of(store), instance_id=store.instance_id)
         self.armed = False
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
@@ -475,10 +476,7 @@ async def test_stop_returns_within_grace_and_releases_claims(
         assert row["claimed_by"] is None
         assert row["claimed_until"] is None
     # Another instance can take them over at once.
-    assert (
-        len(await Store(store.engine, instance_id="next").claim("slow", 10, ttl=5, now=utcnow()))
-        == 4
-    )
+    assert len(await sibling(store, "next").claim("slow", 10, ttl=5, now=utcnow())) == 4
 
 
 async def test_stop_before_run_returns_and_run_then_claims_nothing(
@@ -588,10 +586,10 @@ async def test_lost_claim_is_reported_and_not_overwritten(
     async with running(worker):
         await holding.wait_for(lambda: holding.active == 1)
         # The attempt outlives its claim; another instance takes the delivery over.
-        other = Store(store.engine, instance_id="other")
+        other = sibling(store, "other")
         later = utcnow() + dt.timedelta(seconds=2)
         (claim,) = await other.claim("slow", 1, ttl=30, now=later)
-        assert await other.mark_delivered(claim, status=200, now=later)
+        assert await mark_delivered(other, claim, status=200, now=later)
         holding.open()
         await outcomes.wait_for(lambda: bool(outcomes.items))
     assert [o.outcome for o in outcomes.items] == ["claim_lost"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from poller.backoff import lengthen
+
 # A receiver's Retry-After may lengthen our delay, but not park a delivery for days.
 RETRY_AFTER_MAX = 3600.0
 
@@ -27,6 +29,4 @@ class RetryPolicy:
         if attempt > len(self.schedule):
             return None
         delay = self.schedule[attempt - 1] * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
-        return delay
+        return lengthen(delay, retry_after, RETRY_AFTER_MAX)

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -16,7 +16,8 @@ from poller.aio import finish_or_cancel
 from poller.batch import GroupCommit
 from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Attempt, Sender, Target
-from poller.store.repo import AttemptRecord, Claim, Store
+from poller.states import AttemptOutcome
+from poller.store.repo import AttemptRecord, Claim
 from poller.timeutil import utcnow
 
 # How often an idle worker looks for work it was not woken for: retries
@@ -24,19 +25,35 @@ from poller.timeutil import utcnow
 IDLE_WAIT = 1.0
 
 
+class OutboxStore(Protocol):
+    """What the delivery loop needs of the store (``poller.store.repo.Store`` is the real one)."""
+
+    async def claim(
+        self, webhook: str, limit: int, *, ttl: float, now: dt.datetime
+    ) -> list[Claim]: ...
+
+    async def record_attempts(self, records: Sequence[AttemptRecord]) -> list[bool]: ...
+
+    async def release_claims(self, claims: Sequence[Claim] | None = None) -> int: ...
+
+    async def next_due(
+        self, webhooks: Sequence[str], *, now: dt.datetime
+    ) -> dt.datetime | None: ...
+
+
 class DeliveryWorker:
     """Delivers owed events, each webhook within its own concurrency limit."""
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         sender: Sender,
         targets: Sequence[Target],
         policy: RetryPolicy,
         *,
         claim_ttl: float,
         idle_wait: float = IDLE_WAIT,
-        on_attempt: Callable[[Target, Claim, Attempt, str], None] | None = None,
+        on_attempt: Callable[[Target, Claim, Attempt, AttemptOutcome], None] | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
         self._store = store
@@ -61,6 +78,13 @@ class DeliveryWorker:
     def wake(self) -> None:
         """Look for due deliveries now (new outbox rows were written)."""
         self._wake.set()
+
+    def loop_age(self) -> float | None:
+        """Seconds since the delivery loop last turned; None when it is not running."""
+        task = self._run_task
+        if task is None or task.done():
+            return None
+        return time.monotonic() - self.last_loop_at
 
     @property
     def in_flight(self) -> int:
@@ -122,7 +146,7 @@ class DeliveryWorker:
         return claimed, idle
 
     async def _idle_timeout(self, idle: list[str]) -> float:
-        due = await self._store.next_due(idle)
+        due = await self._store.next_due(idle, now=utcnow())
         if due is None:
             return self._idle_wait
         return min(self._idle_wait, max(0.0, (due - utcnow()).total_seconds()))
@@ -148,12 +172,12 @@ class DeliveryWorker:
             now = utcnow()
             retry_at: dt.datetime | None = None
             if attempt.ok:
-                outcome = "delivered"
+                outcome = AttemptOutcome.DELIVERED
             else:
                 delay = self._policy.delay_after(attempt_no, attempt.retry_after)
                 if delay is not None:
                     retry_at = now + dt.timedelta(seconds=delay)
-                outcome = "dead" if retry_at is None else "retry"
+                outcome = AttemptOutcome.DEAD if retry_at is None else AttemptOutcome.RETRY
             kept = await self._outcomes.submit(
                 AttemptRecord(claim, now, attempt.status, attempt.error, retry_at)
             )
@@ -162,7 +186,7 @@ class DeliveryWorker:
             log.exception("delivery_error")
             return
         if not kept:
-            outcome = "claim_lost"
+            outcome = AttemptOutcome.CLAIM_LOST
         if self._on_attempt is not None:
             self._on_attempt(target, claim, attempt, outcome)
         event = log.info if attempt.ok else log.warning
@@ -172,7 +196,11 @@ class DeliveryWorker:
             status=attempt.status,
             error=attempt.error,
             duration_ms=round(attempt.duration * 1000, 1),
-            **({"retry_at": retry_at.isoformat()} if retry_at and outcome == "retry" else {}),
+            **(
+                {"retry_at": retry_at.isoformat()}
+                if retry_at and outcome is AttemptOutcome.RETRY
+                else {}
+            ),
         )
 
     async def stop(self, grace: float) -> None:

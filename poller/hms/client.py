@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,15 +14,15 @@ import aiohttp
 import structlog
 import structlog.typing
 
-from poller.events import Event
+from poller import backoff
+from poller.hms.page import MalformedPage, Page, parse_page
 from poller.hms.token import TokenProvider
 from poller.timeutil import parse_retry_after
 
-__all__ = ["ApiError", "HmsClient", "Page"]
+__all__ = ["ApiError", "HmsClient", "Page", "WalkLimits"]
 
 EVENTS_PATH = "/analytics/events"
 _MAX_DETAIL = 200  # chars of an API error message worth keeping
-_MAX_LOGGED_ID = 64  # a malformed event's "id" may be anything; keep logs bounded
 
 
 class ApiError(Exception):
@@ -34,17 +33,18 @@ class ApiError(Exception):
         self.status = status
 
 
-class _MalformedPage(Exception):
-    """A 2xx response whose body is not a page of events."""
-
-
 @dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a query: the well-formed events, how many were dropped, the next cursor."""
+class WalkLimits:
+    """Bounds on one walk of a room (``poll.max_*``): a broken or hostile API can
+    neither hold a room forever nor fill the process's memory."""
 
-    events: tuple[Event, ...]
-    skipped: int  # malformed events dropped from this page
-    next: str | None
+    max_pages: int = 10_000
+    max_page_bytes: int = 16 * 1024 * 1024
+    max_page_events: int = 1_000
+
+
+class _TooLarge(Exception):
+    """A response body over ``max_page_bytes``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,7 @@ class HmsClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_max: float = 300.0,
+        limits: WalkLimits | None = None,
         limiter: contextlib.AbstractAsyncContextManager[Any] | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
         on_response: Callable[[str, float], None] | None = None,
@@ -84,6 +85,7 @@ class HmsClient:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._retry_after_max = retry_after_max
+        self._limits = limits or WalkLimits()
         # Told each response's status ("error" for no response) and duration, for metrics.
         self._on_response = on_response or (lambda _status, _seconds: None)
         self._limiter: contextlib.AbstractAsyncContextManager[Any] = (
@@ -110,13 +112,22 @@ class HmsClient:
             *(filters or {}).items(),
         ]
         start: str | None = None
-        while True:
+        cursors: set[str] = set()
+        for _ in range(self._limits.max_pages):
             params = query if start is None else [*query, ("start", start)]
             page = await self._get_page(room_id, params)
             yield page
             if not page.next:
                 return
+            if page.next in cursors:
+                # A cursor that comes back would walk the same pages for ever.
+                raise ApiError(f"GET {EVENTS_PATH} for room {room_id}: the API repeated a cursor")
+            cursors.add(page.next)
             start = page.next
+        raise ApiError(
+            f"GET {EVENTS_PATH} for room {room_id}: more than {self._limits.max_pages} pages "
+            "in one walk (poll.max_pages)"
+        )
 
     async def _get_page(self, room_id: str, params: list[tuple[str, str]]) -> Page:
         """Fetch one page, retrying transient failures; raise ApiError when it cannot."""
@@ -160,20 +171,26 @@ class HmsClient:
         started = time.perf_counter()
         try:
             status, headers, body = await self._request(params, token)
+        except _TooLarge:
+            self._on_response("error", time.perf_counter() - started)
+            raise ApiError(
+                f"GET {EVENTS_PATH} for room {room_id}: response larger than "
+                f"{self._limits.max_page_bytes} bytes (poll.max_page_bytes)"
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._on_response("error", time.perf_counter() - started)
             return _Failure(f"network error ({type(exc).__name__})")
         self._on_response(str(status), time.perf_counter() - started)
         if 200 <= status < 300:
             try:
-                return self._parse_page(room_id, body)
-            except _MalformedPage as exc:
+                return parse_page(body, max_events=self._limits.max_page_events)
+            except MalformedPage as exc:
                 return _Failure(f"malformed page ({exc})", status)
         detail = _describe(status, body, token)
+        if status in (429, 503):
+            return _Failure(detail, status, parse_retry_after(headers.get("Retry-After")))
         if status in (401, 403) or status >= 500:
             return _Failure(detail, status)
-        if status == 429:
-            return _Failure(detail, status, parse_retry_after(headers.get("Retry-After")))
         raise ApiError(f"GET {EVENTS_PATH} for room {room_id}: {detail}", status)
 
     async def _request(
@@ -189,75 +206,26 @@ class HmsClient:
                 timeout=self._timeout,
             ) as resp,
         ):
-            return resp.status, resp.headers, await resp.read()
+            return resp.status, resp.headers, await self._read(resp)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, refused as soon as it passes ``max_page_bytes`` (decompressed)."""
+        cap = self._limits.max_page_bytes
+        if (resp.content_length or 0) > cap:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait before the next attempt: the server's wish, else full-jitter backoff."""
-        if retry_after is not None:
-            return min(retry_after, self._retry_after_max)
-        # Capping the exponent keeps 2**n finite however many attempts are configured.
-        ceiling = min(self._backoff_max, self._backoff_base * 2 ** min(attempt - 1, 32))
-        return random.uniform(0, ceiling)
-
-    def _parse_page(self, room_id: str, body: bytes) -> Page:
-        """Validate the page's shape and turn its well-formed events into Events."""
-        try:
-            doc = json.loads(body)
-        except (ValueError, RecursionError):
-            raise _MalformedPage("not JSON") from None
-        if not isinstance(doc, dict):
-            raise _MalformedPage("not an object")
-        raw_events = doc.get("events")
-        # A Go backend renders an empty slice as null; that is an empty page, not an error.
-        if raw_events is None and "events" in doc:
-            raw_events = []
-        if not isinstance(raw_events, list):
-            raise _MalformedPage("'events' is not a list")
-        next_ = doc.get("next")
-        if next_ is not None and not isinstance(next_, str):
-            raise _MalformedPage("'next' is not a string")
-
-        events: list[Event] = []
-        for obj in raw_events:
-            problem = _event_problem(obj)
-            if problem is None:
-                events.append(_to_event(obj, room_id))
-                continue
-            event_id = obj.get("id") if isinstance(obj, dict) else None
-            self._log.warning(
-                "hms.event_skipped",
-                room_id=room_id,
-                event_id=event_id[:_MAX_LOGGED_ID] if isinstance(event_id, str) else None,
-                reason=problem,
-            )
-        return Page(tuple(events), len(raw_events) - len(events), next_ or None)
-
-
-def _event_problem(obj: object) -> str | None:
-    """Say what makes one raw event unusable, or None when it is fine."""
-    if not isinstance(obj, dict):
-        return "not an object"
-    event_id = obj.get("id")
-    if not isinstance(event_id, str) or not event_id:
-        return "missing or invalid id"
-    event_type = obj.get("type")
-    if not isinstance(event_type, str) or not event_type:
-        return "missing or invalid type"
-    if not isinstance(obj.get("data"), dict):
-        return "data is not an object"
-    return None
-
-
-def _to_event(obj: dict[str, Any], room_id: str) -> Event:
-    """Build an Event whose body is the API's object, compact and unchanged."""
-    timestamp = obj.get("timestamp")
-    return Event(
-        id=obj["id"],
-        type=obj["type"],
-        timestamp=timestamp if isinstance(timestamp, str) else "",
-        room_id=room_id,
-        body=json.dumps(obj, separators=(",", ":"), ensure_ascii=False),
-    )
+        """Seconds to wait before the next attempt: growing back-off, or the server's wish."""
+        delay = backoff.exponential(attempt, base=self._backoff_base, maximum=self._backoff_max)
+        return backoff.lengthen(delay, retry_after, self._retry_after_max)
 
 
 def _describe(status: int | None, body: bytes, token: str) -> str:

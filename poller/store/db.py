@@ -23,13 +23,19 @@ def create_engine(url: str) -> AsyncEngine:
     """Create the async engine; SQLite gets WAL, busy_timeout and one writer connection."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=5)
+        return create_async_engine(
+            url, pool_pre_ping=True, pool_size=10, max_overflow=5, hide_parameters=True
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # One connection serialises writers inside the process; BEGIN IMMEDIATE
     # makes a writer in another process (a CLI command) wait on busy_timeout
     # instead of failing with "database is locked" half-way through.
-    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+    # hide_parameters: a failed statement's error would otherwise quote event bodies
+    # (presigned recording URLs, whose signatures are credentials) into logs.
+    engine = create_async_engine(
+        url, pool_size=1, max_overflow=0, pool_timeout=60, hide_parameters=True
+    )
     _install_sqlite_hooks(engine)
     return engine
 

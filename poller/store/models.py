@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from poller.states import DeliveryState
+
 # A naming convention makes constraint names stable across SQLite batch
 # migrations and PostgreSQL, so later migrations can address them by name.
 metadata = MetaData(
@@ -59,8 +61,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-STATES = (PENDING, DELIVERED, DEAD)
+STATES = tuple(state.value for state in DeliveryState)
 
 events = Table(
     "events",
@@ -72,6 +73,7 @@ events = Table(
     Column("seen_at", UTCDateTime(), nullable=False),
     Column("body", Text, nullable=False),  # the exact JSON every webhook receives
     Index(None, "seen_at"),
+    Index(None, "room_id"),  # a poller loads the ids it holds per room
 )
 
 rooms = Table(
@@ -83,6 +85,9 @@ rooms = Table(
     Column("last_polled_at", UTCDateTime(), nullable=True),
     Column("last_success_at", UTCDateTime(), nullable=True),
     Column("last_error", Text, nullable=True),
+    # Walks that failed in a row (0 after a complete one): bounds the first-poll
+    # phase and makes a room that never completes a walk visible.
+    Column("failed_walks", Integer, nullable=False, server_default="0"),
     Column("lease_owner", String(255), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
 )

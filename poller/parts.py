@@ -1,0 +1,247 @@
+"""Composition: every running part of one instance, built from a config, with no I/O.
+
+Starting and stopping them is ``poller.app``'s job; building them here keeps
+that module about order and time, and lets tests build the same parts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from sqlalchemy.engine import make_url
+
+from poller import __version__
+from poller.config import Config
+from poller.coordination import Coordination
+from poller.delivery.retry import RetryPolicy
+from poller.delivery.sender import Sender, Target
+from poller.delivery.worker import DeliveryWorker
+from poller.errors import ConfigError, StoreError
+from poller.health import Health
+from poller.hms.client import HmsClient, WalkLimits
+from poller.hms.token import MintedTokens, StaticToken, TokenProvider
+from poller.limit import Limiter
+from poller.metrics import Metrics
+from poller.poll import PollResult, RoomPoller
+from poller.schedule import Lateness, Scheduler
+from poller.server import HealthServer
+from poller.store.connect import open_store
+from poller.store.repo import Store
+from poller.timeutil import utcnow
+from poller.timings import Timings
+
+__all__ = ["USER_AGENT", "Parts", "build", "instance_id", "open_configured_store", "secrets_of"]
+
+USER_AGENT = f"poller/{__version__}"
+# The API keeps 30 days of events; a seen id may be forgotten once the API
+# can no longer return it, with a margin for clock skew.
+RETENTION = dt.timedelta(days=31)
+PRUNE_INTERVAL = 3600.0
+
+
+def instance_id(config: Config) -> str:
+    """This process's name in leases, claims, logs and metrics."""
+    return config.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def secrets_of(config: Config) -> list[str]:
+    """Every configured secret value, for log redaction."""
+    values = [w.secret.reveal() for w in config.webhooks]
+    values += [v for w in config.webhooks for _, v in w.headers]
+    for secret in (config.hms.app_secret, config.hms.management_token):
+        if secret is not None:
+            values.append(secret.reveal())
+    password = make_url(config.store.url.reveal()).password
+    if password:
+        values.append(str(password))
+    return values
+
+
+def tokens_for(config: Config) -> TokenProvider:
+    """Minted tokens from the access key and app secret, or the one fixed token."""
+    hms = config.hms
+    if hms.management_token is not None:
+        return StaticToken(hms.management_token.reveal())
+    assert hms.access_key is not None
+    assert hms.app_secret is not None
+    return MintedTokens(hms.access_key, hms.app_secret.reveal())
+
+
+@asynccontextmanager
+async def open_configured_store(
+    config: Config, *, apply_migrations: bool = True
+) -> AsyncIterator[Store]:
+    """The configured store (migrated); a failure is a ConfigError naming ``store.url``."""
+    try:
+        async with open_store(
+            config.store.url.reveal(),
+            instance_id=instance_id(config),
+            apply_migrations=apply_migrations,
+        ) as store:
+            yield store
+    except StoreError as exc:
+        text = str(exc)
+        for secret in secrets_of(config):
+            text = text.replace(secret, "***")
+        raise ConfigError(
+            config.path, "store.url", f"cannot use the store {config.store.masked_url()}: {text}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """One instance's parts, wired together and not started."""
+
+    config: Config
+    store: Store
+    timings: Timings
+    metrics: Metrics
+    client: HmsClient
+    poller: RoomPoller
+    worker: DeliveryWorker
+    scheduler: Scheduler
+    lateness: Lateness
+    coordination: Coordination
+    health: Health
+    server: HealthServer | None
+    sessions: tuple[aiohttp.ClientSession, ...]
+
+
+async def prune(store: Store, poller: RoomPoller) -> None:
+    """Forget seen events the API can no longer return."""
+    removed = await store.prune(seen_before=utcnow() - RETENTION)
+    if removed:
+        poller.forget_known()
+        structlog.get_logger("poller").info("pruned", events=removed)
+
+
+def build(config: Config, store: Store) -> Parts:
+    """Wire every part for ``config`` on ``store``; nothing is started, nothing is read."""
+    timings = Timings.derive(
+        interval=config.poll.interval,
+        lease_ttl=config.poll.lease_ttl,
+        delivery_timeout=config.delivery.timeout,
+    )
+    metrics = Metrics(instance=store.instance_id, version=__version__)
+    tokens = tokens_for(config)
+    metrics.watch_tokens(tokens)
+    api_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=config.poll.max_concurrency * 2),
+        headers={"User-Agent": USER_AGENT},
+    )
+    # A separate pool: receivers holding connections never starve the API.
+    hook_session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=sum(w.max_concurrency for w in config.webhooks) + 4),
+    )
+    client = HmsClient(
+        api_session,
+        config.hms.base_url,
+        tokens,
+        request_timeout=config.hms.request_timeout,
+        limiter=Limiter(config.poll.max_concurrency),
+        limits=WalkLimits(
+            max_pages=config.poll.max_pages,
+            max_page_bytes=config.poll.max_page_bytes,
+            max_page_events=config.poll.max_page_events,
+        ),
+        on_response=metrics.observe_api,
+    )
+    worker = DeliveryWorker(
+        store,
+        Sender(hook_session, timeout=config.delivery.timeout, user_agent=USER_AGENT),
+        [Target.from_config(w) for w in config.webhooks],
+        RetryPolicy(config.delivery.retry_schedule),
+        claim_ttl=timings.claim_ttl,
+        on_attempt=metrics.observe_attempt,
+    )
+    rooms = [room.id for room in config.rooms]
+    coordination = Coordination(store, timings, rooms)
+    scheduler = Scheduler()
+    health = Health(
+        timings,
+        scheduler_running=lambda: scheduler.running,
+        delivery_loop_age=worker.loop_age,
+        schema=store.schema_revisions,
+    )
+
+    def polled(result: PollResult) -> None:
+        metrics.observe_poll(result)
+        health.polled(result)
+
+    poller = RoomPoller(
+        client,
+        store,
+        config.webhooks,
+        event_types=config.hms.event_types,
+        page_size=config.poll.page_size,
+        backfill=config.poll.backfill,
+        lease_ttl=timings.lease_ttl,
+        interval=timings.cooldown,
+        walk_timeout=timings.walk_timeout,
+        lease_renewal=timings.lease_renewal,
+        is_mine=coordination.is_mine,
+        on_new_deliveries=worker.wake,
+        on_poll=polled,
+    )
+    # One warning per interval at most (10 s at least) when polls fall behind.
+    lateness = Lateness(max(timings.interval, 10.0))
+    metrics.watch_lateness(lambda: lateness.seconds)
+    interval = timings.interval
+    for i, room in enumerate(rooms):
+        scheduler.every(
+            f"poll:{room}",
+            interval,
+            functools.partial(poller.poll, room),
+            # Spread the rooms over one interval instead of a burst per interval.
+            first_in=interval * i / len(rooms),
+            jitter=min(interval * 0.1, 5.0),
+            timeout=timings.job_timeout,
+            lateness=lateness,
+        )
+    scheduler.every(
+        "heartbeat",
+        timings.heartbeat,
+        coordination.heartbeat,
+        first_in=timings.heartbeat,
+        timeout=timings.instance_ttl,
+    )
+    scheduler.every(
+        "prune",
+        PRUNE_INTERVAL,
+        functools.partial(prune, store, poller),
+        first_in=60.0,
+        timeout=600.0,
+    )
+    server = None
+    if config.server is not None:
+        server = HealthServer(
+            config.server.host,
+            config.server.port,
+            metrics=metrics,
+            refresh_metrics=lambda: metrics.refresh(store, [w.name for w in config.webhooks]),
+            live=health.live,
+            ready=health.ready,
+        )
+    return Parts(
+        config=config,
+        store=store,
+        timings=timings,
+        metrics=metrics,
+        client=client,
+        poller=poller,
+        worker=worker,
+        scheduler=scheduler,
+        lateness=lateness,
+        coordination=coordination,
+        health=health,
+        server=server,
+        sessions=(api_session, hook_session),
+    )

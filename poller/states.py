@@ -1,0 +1,32 @@
+"""Names for states and outcomes, defined once: the store, logs, metrics and CLI use these."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["AttemptOutcome", "DeliveryState", "PollOutcome"]
+
+
+class PollOutcome(enum.StrEnum):
+    """How one poll of a room ended."""
+
+    OK = "ok"  # the walk completed
+    ERROR = "error"  # the walk failed; the room's last_error says why
+    LEASED = "leased"  # the room is another instance's: not polled here
+
+
+class DeliveryState(enum.StrEnum):
+    """Where a delivery (one event for one webhook) stands in the outbox."""
+
+    PENDING = "pending"  # owed: due at next_attempt_at
+    DELIVERED = "delivered"
+    DEAD = "dead"  # its retry schedule is exhausted; kept for inspection and retry
+
+
+class AttemptOutcome(enum.StrEnum):
+    """What one delivery attempt led to."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # failed, pending again at its next retry time
+    DEAD = "dead"  # failed, and it was the last attempt of the schedule
+    CLAIM_LOST = "claim_lost"  # another instance owned it by the time the outcome was written

@@ -1,0 +1,41 @@
+"""Opening the store: the engine, its migrations, and a Store over it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from poller.errors import StoreError
+from poller.store.db import create_engine, migrate
+from poller.store.repo import Store, describe_store_error
+
+__all__ = ["open_store"]
+
+
+@asynccontextmanager
+async def open_store(
+    url: str, *, instance_id: str, apply_migrations: bool = True
+) -> AsyncIterator[Store]:
+    """A Store on ``url``, migrated to head (or only checked to answer); closed on exit.
+
+    Raises StoreError, whose message never holds the URL (it may carry a password).
+    """
+    try:
+        engine = create_engine(url)
+    except (SQLAlchemyError, OSError, ValueError) as exc:
+        raise StoreError(describe_store_error(exc)) from None
+    store = Store(engine, instance_id=instance_id)
+    try:
+        try:
+            if apply_migrations:
+                await migrate(engine)
+            else:
+                async with engine.connect():
+                    pass
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(describe_store_error(exc)) from None
+        yield store
+    finally:
+        await store.close()

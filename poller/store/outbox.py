@@ -1,0 +1,286 @@
+"""The outbox: claiming due deliveries, recording attempts, and what operators ask of it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from poller.store.base import DEAD, DELIVERED, PENDING, StoreBase, aware, translated
+from poller.store.models import deliveries, events
+
+__all__ = ["AttemptRecord", "Claim", "DeliveryRow", "Outbox"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One delivery this instance now owns until its claim expires."""
+
+    delivery_id: int
+    event_id: str
+    webhook: str
+    attempts: int  # attempts made before this one
+    body: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One finished attempt to record: delivered when ``error`` is None, else failed
+    (pending again at ``retry_at``, or dead when that is None)."""
+
+    claim: Claim
+    now: dt.datetime  # when the attempt ended
+    status: int | None
+    error: str | None = None
+    retry_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    id: int
+    event_id: str
+    webhook: str
+    state: str
+    attempts: int
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime
+    last_attempt_at: dt.datetime | None
+    last_status: int | None
+    last_error: str | None
+
+
+class Outbox(StoreBase):
+    """Deliveries owed, claimed, attempted, delivered or dead."""
+
+    @translated
+    async def claim(self, webhook: str, limit: int, *, ttl: float, now: dt.datetime) -> list[Claim]:
+        """Claim up to ``limit`` due deliveries of one webhook for ``ttl`` seconds."""
+        if limit <= 0:
+            return []
+        due = (
+            select(deliveries.c.id)
+            .where(
+                _waiting(now), deliveries.c.webhook == webhook, deliveries.c.next_attempt_at <= now
+            )
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .limit(limit)
+            # Several instances on PostgreSQL skip each other's rows instead of
+            # queueing on them; SQLite renders nothing (one writer anyway).
+            .with_for_update(skip_locked=True)
+        )
+        async with self._engine.begin() as conn:
+            claimed = (
+                await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(due.scalar_subquery()))
+                    .values(
+                        claimed_by=self.instance_id,
+                        claimed_until=now + dt.timedelta(seconds=ttl),
+                    )
+                    .returning(
+                        deliveries.c.id,
+                        deliveries.c.event_id,
+                        deliveries.c.attempts,
+                        deliveries.c.created_at,
+                    )
+                )
+            ).all()
+            if not claimed:
+                return []
+            bodies = await _bodies(conn, {row.event_id for row in claimed})
+        return sorted(
+            (
+                Claim(
+                    row.id,
+                    row.event_id,
+                    webhook,
+                    row.attempts,
+                    bodies[row.event_id],
+                    row.created_at,
+                )
+                for row in claimed
+            ),
+            key=lambda c: c.delivery_id,
+        )
+
+    @translated
+    async def record_attempts(self, records: Sequence[AttemptRecord]) -> list[bool]:
+        """Record finished attempts in one transaction; per record, False when its claim
+        had been lost meanwhile (that row is left as it is).
+
+        Why: a transaction per delivery bounded delivery throughput (BENCHMARKS.md);
+        the delivery worker hands in every outcome that finished while the previous
+        write ran (see poller.batch).
+        """
+        if not records:
+            return []
+        ours = and_(deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING)
+        ids = [r.claim.delivery_id for r in records]
+        async with self._engine.begin() as conn:
+            # Locked (on PostgreSQL) until the commit, so what is still ours stays ours.
+            held = set(
+                (
+                    await conn.execute(
+                        select(deliveries.c.id)
+                        .where(deliveries.c.id.in_(ids), ours)
+                        .with_for_update()
+                    )
+                ).scalars()
+            )
+            kept: list[bool] = []
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for record in records:
+                delivery_id = record.claim.delivery_id
+                kept.append(delivery_id in held)
+                if delivery_id not in held:
+                    continue
+                held.discard(delivery_id)  # a repeat would find it no longer pending
+                values = _attempt_values(record)
+                params = {f"p_{name}": value for name, value in values.items()}
+                shapes.setdefault(tuple(values), []).append({"p_id": delivery_id, **params})
+            for names, rows in shapes.items():
+                await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == bindparam("p_id", type_=deliveries.c.id.type), ours)
+                    .values(
+                        {
+                            **{
+                                name: bindparam(f"p_{name}", type_=deliveries.c[name].type)
+                                for name in names
+                            },
+                            **_COUNT_ATTEMPT,
+                        }
+                    ),
+                    rows,
+                )
+        return kept
+
+    @translated
+    async def release_claims(self, claims: Sequence[Claim] | None = None) -> int:
+        """Hand back these claims (default: all of this instance's), to be retried at once."""
+        mine = [deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING]
+        if claims is not None:
+            mine.append(deliveries.c.id.in_([c.delivery_id for c in claims]))
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(deliveries).where(*mine).values(claimed_by=None, claimed_until=None)
+            )
+        return int(result.rowcount)
+
+    @translated
+    async def next_due(self, webhooks: Sequence[str], *, now: dt.datetime) -> dt.datetime | None:
+        """When the earliest claimable delivery of these webhooks falls due (``claim``'s rule)."""
+        if not webhooks:
+            return None
+        async with self._engine.connect() as conn:
+            value = await conn.scalar(
+                select(func.min(deliveries.c.next_attempt_at)).where(
+                    _waiting(now), deliveries.c.webhook.in_(webhooks)
+                )
+            )
+        return aware(value)
+
+    @translated
+    async def outbox_counts(self) -> dict[tuple[str, str], int]:
+        """Delivery counts by (webhook, state)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(deliveries.c.webhook, deliveries.c.state, func.count()).group_by(
+                    deliveries.c.webhook, deliveries.c.state
+                )
+            )
+            return {(w, s): int(n) for w, s, n in rows}
+
+    @translated
+    async def oldest_pending(self) -> dt.datetime | None:
+        """Creation time of the oldest delivery still owed."""
+        async with self._engine.connect() as conn:
+            value = await conn.scalar(
+                select(func.min(deliveries.c.created_at)).where(deliveries.c.state == PENDING)
+            )
+        return aware(value)
+
+    @translated
+    async def list_deliveries(
+        self, *, state: str | None = None, webhook: str | None = None, limit: int = 50
+    ) -> list[DeliveryRow]:
+        """The most recent deliveries, newest first, optionally filtered."""
+        query = select(
+            deliveries.c.id,
+            deliveries.c.event_id,
+            deliveries.c.webhook,
+            deliveries.c.state,
+            deliveries.c.attempts,
+            deliveries.c.created_at,
+            deliveries.c.next_attempt_at,
+            deliveries.c.last_attempt_at,
+            deliveries.c.last_status,
+            deliveries.c.last_error,
+        )
+        if state is not None:
+            query = query.where(deliveries.c.state == state)
+        if webhook is not None:
+            query = query.where(deliveries.c.webhook == webhook)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query.order_by(deliveries.c.id.desc()).limit(limit))
+            return [DeliveryRow(**row._mapping) for row in rows]
+
+    @translated
+    async def retry(
+        self, *, ids: Sequence[int] = (), webhook: str | None = None, now: dt.datetime
+    ) -> int:
+        """Make dead deliveries pending again with a fresh schedule; returns how many."""
+        cond = [deliveries.c.state == DEAD]
+        if ids:
+            cond.append(deliveries.c.id.in_(ids))
+        if webhook is not None:
+            cond.append(deliveries.c.webhook == webhook)
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(deliveries)
+                .where(and_(*cond))
+                .values(state=PENDING, attempts=0, next_attempt_at=now, last_error=None)
+            )
+        return int(result.rowcount)
+
+
+def _waiting(now: dt.datetime) -> ColumnElement[bool]:
+    """Owed and not held by a live claim: what ``claim`` may take once it is due.
+
+    Why one expression: ``claim`` and ``next_due`` each wrote their own and differed
+    (an expired claim was claimable but never "due").
+    """
+    unclaimed = or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now)
+    return and_(deliveries.c.state == PENDING, unclaimed)
+
+
+async def _bodies(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
+    rows = await conn.execute(select(events.c.id, events.c.body).where(events.c.id.in_(ids)))
+    return {row.id: row.body for row in rows}
+
+
+_COUNT_ATTEMPT = {"attempts": deliveries.c.attempts + 1}
+
+
+def _attempt_values(record: AttemptRecord) -> dict[str, Any]:
+    """The values one finished attempt sets, besides counting it (``_COUNT_ATTEMPT``);
+    its claim is released either way."""
+    values: dict[str, Any] = {
+        "last_attempt_at": record.now,
+        "claimed_by": None,
+        "claimed_until": None,
+        "last_status": record.status,
+        "last_error": record.error,
+    }
+    if record.error is None:
+        values |= {"state": DELIVERED, "delivered_at": record.now}
+    elif record.retry_at is None:
+        values["state"] = DEAD
+    else:
+        values["next_attempt_at"] = record.retry_at
+    return values
