@@ -302,3 +302,11 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield make
     for d in made:
         d.cleanup()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its kind, from its folder: ``-m unit`` runs the fast part."""
+    for item in items:
+        for kind in ("unit", "integration", "e2e"):
+            if f"/tests/{kind}/" in str(item.path).replace("\\", "/"):
+                item.add_marker(kind)

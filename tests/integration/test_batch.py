@@ -12,8 +12,8 @@ import pytest
 from poller.batch import GroupCommit
 from poller.limit import Limiter
 from poller.store.repo import AttemptRecord, RoomLease, Store
+from tests.integration.test_store import NOW, TTL, all_rows, other, row, seconds, seed
 from tests.storeops import acquire_room
-from tests.test_store import NOW, TTL, all_rows, other, row, seconds, seed
 
 # --- GroupCommit -------------------------------------------------------------------------
 

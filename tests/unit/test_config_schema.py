@@ -13,9 +13,9 @@ import pytest
 
 from poller.cli import main
 from poller.config import json_schema
-from tests.test_config import FULL, WEBHOOK, toml
+from tests.unit.test_config import FULL, WEBHOOK, toml
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
 
 @pytest.fixture(scope="module")
