@@ -8,7 +8,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from poller.simulator import recording_event
+from poller.sample_events import recording_event
 
 EVENT_TYPE = "beam.recording.success"
 _BASE_NS = 1_700_000_000 * 10**9

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import datetime
 import hmac
 import random
 import signal
@@ -21,6 +20,8 @@ from typing import Any, Literal, get_args
 
 import jwt
 from aiohttp import web
+
+from poller.sample_events import object_id, recording_event, rfc3339
 
 __all__ = ["Fault", "Simulator", "main"]
 
@@ -315,7 +316,7 @@ class Simulator:
             self._cursors.popitem(last=False)
 
     def _object_id(self) -> str:
-        return _object_id(self._ids)
+        return object_id(self._ids)
 
     def _uuid(self) -> uuid.UUID:
         return uuid.UUID(int=self._ids.getrandbits(128), version=4)
@@ -331,57 +332,6 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
             raise
         return _error(exc.status, exc.reason)
     return resp
-
-
-def recording_event(
-    rng: random.Random,
-    room_id: str,
-    *,
-    template_id: str,
-    now_ns: int | None = None,
-    type: str = "beam.recording.success",
-    **data_overrides: Any,
-) -> dict[str, Any]:
-    """A realistic event shaped like CONTRACT.md's example; ``data_overrides`` patch its data."""
-    now = time.time_ns() if now_ns is None else now_ns
-    duration = rng.randint(5, 3600)
-    stopped = now - 2 * 10**9
-    started = stopped - duration * 10**9
-    beam_id = _object_id(rng)
-    data: dict[str, Any] = {
-        "beam_id": beam_id,
-        "room_id": room_id,
-        "session_id": _object_id(rng),
-        "peer_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "template_id": template_id,
-        "created_at": rfc3339(now - 5 * 10**8),
-        "duration": duration,
-        "started_at": rfc3339(started, digits=3),
-        "stopped_at": rfc3339(stopped, digits=3),
-        "max_width": 1280,
-        "max_height": 720,
-        "recording_path": f"s3://recordings/{room_id}/{beam_id}.mp4",
-        "recording_presigned_url": (
-            f"https://recordings.example.com/{room_id}/{beam_id}.mp4?X-Amz-Expires=86400"
-        ),
-        "meeting_url": "https://app.100ms.live/preview/rpe-pwl-akt?token=beam_recording",
-        "rtmp": [{"url": "rtmp://live.example.com/app/stream"}],
-        "session_started_at": rfc3339(started - rng.randint(1, 60) * 10**9, digits=3),
-        "size": rng.randint(10**5, 10**9),
-    }
-    data.update(data_overrides)
-    return {
-        "version": "2.0",
-        "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "timestamp": rfc3339(now),
-        "type": type,
-        "data": data,
-    }
-
-
-def _object_id(rng: random.Random) -> str:
-    """A 24-hex-digit id like 100ms's room, session and template ids."""
-    return f"{rng.getrandbits(96):024x}"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -403,13 +353,6 @@ def _limit(value: str | None) -> int | None:
 
 def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
-
-
-def rfc3339(ns: int, digits: int = 9) -> str:
-    """Format Unix nanoseconds as RFC 3339 UTC with ``digits`` fractional digits."""
-    seconds, fraction = divmod(ns, 10**9)
-    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{fraction // 10 ** (9 - digits):0{digits}d}Z"
 
 
 # -- standalone ------------------------------------------------------------------------
@@ -451,7 +394,7 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
     )
     room_ids = random.Random(args.seed + 2)
-    rooms = [_object_id(room_ids) for _ in range(args.rooms)]
+    rooms = [object_id(room_ids) for _ in range(args.rooms)]
     for room_id in rooms:
         sim.add_room(room_id)
         for _ in range(args.events_per_room):
