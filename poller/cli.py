@@ -35,8 +35,34 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from poller import app
 
     _configure_logs(config)
-    asyncio.run(app.run(config))
+    runner = asyncio.Runner()
+    runner.run(app.run(config))
+    _exit_past_stuck_store(runner)
     return 0
+
+
+def _exit_past_stuck_store(runner: asyncio.Runner) -> None:
+    """Close the loop, or exit at once if a store operation that was cut off is stuck.
+
+    Why: the stop has completed (what poller owes is in the store or handed back),
+    but a store call blocked in the driver's thread (SQLite waiting on a file another
+    process holds, for its busy_timeout) ignores cancellation, and aiosqlite's
+    non-daemon thread would hold the exit; closing the loop would wait for both.
+    """
+    import threading
+
+    leftover = [t for t in asyncio.all_tasks(runner.get_loop()) if not t.done()]
+    if not leftover:
+        runner.close()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if leftover or any(t.is_alive() and not t.daemon for t in others):
+        _exit_now()
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:

@@ -85,6 +85,8 @@ async def open_configured_store(
             config.store.url.reveal(),
             instance_id=instance_id(config),
             apply_migrations=apply_migrations,
+            # What is left of the grace after the drain, which takes 80 % of it.
+            close_timeout=max(0.5, config.shutdown_grace * 0.15),
         ) as store:
             yield store
     except StoreError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import functools
 from collections.abc import Callable, Coroutine
@@ -72,9 +74,15 @@ class StoreBase:
         """(current revision in the store, head revision shipped with this version)."""
         return await schema_revisions(self._engine)
 
-    async def close(self) -> None:
-        """Close every connection of the engine."""
-        await self._engine.dispose()
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close every connection of the engine, giving up after ``timeout`` seconds.
+
+        Why bounded: disposing waits on the driver, which waits on a locked SQLite
+        file or a PostgreSQL that stopped answering; a stop must not wait with it.
+        """
+        with contextlib.suppress(TimeoutError, SQLAlchemyError, OSError):
+            async with asyncio.timeout(timeout):
+                await self._engine.dispose()
 
     def _insert(self, table: Any) -> Any:
         # ON CONFLICT DO NOTHING lives in the dialects' own insert constructs.

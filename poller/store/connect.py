@@ -16,7 +16,7 @@ __all__ = ["open_store"]
 
 @asynccontextmanager
 async def open_store(
-    url: str, *, instance_id: str, apply_migrations: bool = True
+    url: str, *, instance_id: str, apply_migrations: bool = True, close_timeout: float = 5.0
 ) -> AsyncIterator[Store]:
     """A Store on ``url``, migrated to head (or only checked to answer); closed on exit.
 
@@ -38,4 +38,4 @@ async def open_store(
             raise StoreError(describe_store_error(exc)) from None
         yield store
     finally:
-        await store.close()
+        await store.close(close_timeout)
