@@ -11,7 +11,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -66,9 +66,7 @@ class Daemon:
                 webhooks=len(config.webhooks),
                 store=config.store.masked_url(),
             )
-            stop_wait = asyncio.create_task(self.stopping.wait())
-            await asyncio.wait({stop_wait, worker_task}, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel()
+            await _until_done_or_stopped(worker_task, self.stopping)
             if worker_task.done() and not self.stopping.is_set():
                 worker_task.result()  # the loop only ends on a bug: surface it
             await self._drain(worker_task, watchdog)
@@ -157,9 +155,7 @@ async def _unless_stopped(
 ) -> _T | None:
     """Run a start-up step, or abandon it (within the grace) when a stop is asked for."""
     task: asyncio.Task[_T] = asyncio.ensure_future(step)
-    stop_wait = asyncio.create_task(stopping.wait())
-    await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-    stop_wait.cancel()
+    await _until_done_or_stopped(task, stopping)
     if task.done():
         return task.result()
     # Cancelled, the step's transaction (a migration) rolls back.
@@ -169,3 +165,10 @@ async def _unless_stopped(
             await task
     structlog.get_logger("poller").info("stopped_during_startup")
     return None
+
+
+async def _until_done_or_stopped(task: asyncio.Future[Any], stopping: asyncio.Event) -> None:
+    """Wait until ``task`` ends or a stop is asked for, whichever is first."""
+    stop_wait = asyncio.create_task(stopping.wait())
+    await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()

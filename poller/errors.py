@@ -20,5 +20,12 @@ class ConfigError(UserError):
         super().__init__(f"{where}: {problem}")
 
 
+def one_line(exc: BaseException, *, limit: int = 300) -> str:
+    """An exception as one bounded line, ``Type: first line of its message``."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text[:limit]
+
+
 class StoreError(UserError):
     """The store cannot be reached or used (the URL is printed with its password masked)."""

@@ -104,13 +104,10 @@ class Parts:
 
     config: Config
     store: Store
-    timings: Timings
     metrics: Metrics
-    client: HmsClient
     poller: RoomPoller
     worker: DeliveryWorker
     scheduler: Scheduler
-    lateness: Lateness
     coordination: Coordination
     health: Health
     server: HealthServer | None
@@ -235,13 +232,10 @@ def build(config: Config, store: Store) -> Parts:
     return Parts(
         config=config,
         store=store,
-        timings=timings,
         metrics=metrics,
-        client=client,
         poller=poller,
         worker=worker,
         scheduler=scheduler,
-        lateness=lateness,
         coordination=coordination,
         health=health,
         server=server,

@@ -15,7 +15,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from poller.batch import GroupCommit
-from poller.errors import StoreError
+from poller.errors import StoreError, one_line
 from poller.events import Event
 from poller.hms.client import ApiError, HmsClient
 from poller.hms.page import Skipped
@@ -72,7 +72,6 @@ BASELINE_AFTER_FAILED_WALKS = 3
 FAILING_AFTER = 3
 _LOG_LEVEL = {PollOutcome.OK: "info", PollOutcome.ERROR: "warning"}  # leased: only debug
 _LOGGED_SKIPS = 5  # event ids named in one events_skipped line
-_MAX_ERROR = 300  # characters of an unexpected error kept as a room's last_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +164,9 @@ class RoomPoller:
         if not mine and room_id not in self._held:
             # Another instance's room that we do not hold: nothing to write.
             return self._done(PollResult(room_id, PollOutcome.LEASED), started)
+        loop = asyncio.get_running_loop()
         # Taken before asking: the lease the store grants ends no earlier than this + TTL.
-        leased_at = asyncio.get_running_loop().time()
+        leased_at = loop.time()
         lease = await self._bookkeeping.submit(_RoomWrite(room_id, preferred=mine))
         if lease is None:
             self._held.discard(room_id)
@@ -178,7 +178,6 @@ class RoomPoller:
         first = lease.first_polled_at is None
         walk = _Walk(room_id, deliver=self._backfill or not first)
         error: str | None = None
-        loop = asyncio.get_running_loop()
         walk_deadline = loop.time() + self._walk_timeout
         try:
             # The walk ends at its own deadline or its lease's, whichever is first: a
@@ -190,11 +189,14 @@ class RoomPoller:
                 error = f"walk timed out after {self._walk_timeout:g}s"
             else:
                 error = "the walk stopped: its lease ran out before it could be renewed"
-        except ApiError as exc:
+        except (ApiError, _LeaseLost) as exc:
             error = str(exc)
+        except StoreError as exc:
+            error = f"store: {exc}"  # the driver's words already, without SQL parameters
+            self._log.exception("poll_failed", room_id=room_id)
         except Exception as exc:
-            # A store failure or a bug: the room's outcome says so, and the next poll retries.
-            error = _describe(exc)
+            # A bug: the room's outcome says so, and the next poll retries.
+            error = one_line(exc)
             self._log.exception("poll_failed", room_id=room_id)
         failed_walks = 0 if error is None else lease.failed_walks + 1
         # A room that never completes a walk must not stay in its first-poll phase
@@ -239,7 +241,9 @@ class RoomPoller:
             return
         asked_at = loop.time()
         if await self._bookkeeping.submit(_RoomWrite(room_id)) is None:
-            raise ApiError("the room's lease was lost during the walk")
+            self._held.discard(room_id)
+            self._known.forget(room_id)
+            raise _LeaseLost("the room's lease was lost during the walk")
         deadlines.leased_at = asked_at
         deadlines.scope.reschedule(min(deadlines.walk, asked_at + self._lease_ttl))
 
@@ -335,10 +339,5 @@ class RoomPoller:
         return result
 
 
-def _describe(exc: Exception) -> str:
-    """A bounded one-line reason for a room's ``last_error``."""
-    if isinstance(exc, StoreError):
-        return f"store: {exc}"[:_MAX_ERROR]  # already the driver's words, no parameters
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text[:_MAX_ERROR]
+class _LeaseLost(Exception):
+    """Another instance took the room while this one walked it."""

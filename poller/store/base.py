@@ -13,13 +13,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from poller.errors import StoreError
+from poller.errors import StoreError, one_line
 from poller.states import DeliveryState
 from poller.store.db import schema_revisions
 
 __all__ = ["StoreBase", "describe_store_error", "translated"]
 
-_MAX_ERROR = 300  # characters of a driver's message kept
 PENDING, DELIVERED, DEAD = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.DEAD
 
 _P = ParamSpec("_P")
@@ -47,12 +46,8 @@ def translated(
 
 def describe_store_error(exc: BaseException) -> str:
     """One bounded line naming a store failure: the driver's words, not the statement."""
-    reason: BaseException = exc
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        reason = exc.orig
-    lines = str(reason).strip().splitlines()
-    text = f"{type(reason).__name__}: {lines[0]}" if lines else type(reason).__name__
-    return text[:_MAX_ERROR]
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    return one_line(orig if orig is not None else exc)
 
 
 class StoreBase:
