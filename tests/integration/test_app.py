@@ -31,11 +31,12 @@ async def test_a_store_error_during_start_closes_the_listener_and_sessions(
         parts = build(config, store)
         started = asyncio.Event()
 
-        async def failing_heartbeat() -> None:
+        async def failing_take_over() -> None:
             started.set()
             raise StoreError("OperationalError: disk I/O error")
 
-        parts.coordination.heartbeat = failing_heartbeat  # type: ignore[method-assign]
+        # The first store call once the listener is open.
+        parts.coordination.take_over = failing_take_over  # type: ignore[method-assign]
         with pytest.raises(StoreError, match="disk I/O error"):
             await Daemon(parts, Notifier({})).run()
 
