@@ -17,7 +17,7 @@ import structlog
 
 from poller import __version__
 from poller.config import Config
-from poller.errors import ConfigError
+from poller.errors import ConfigError, InstanceIdInUse
 from poller.parts import Parts, build, open_configured_store
 from poller.sdnotify import Notifier
 
@@ -45,12 +45,18 @@ class Daemon:
         structlog.contextvars.bind_contextvars(instance=parts.store.instance_id)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self._close_sessions)
-            await parts.coordination.take_over()
+            # First of all: a second process under this id must touch nothing (not even
+            # take over, on SQLite, what it would think a dead run left), nor fail on a
+            # listen address the first one holds. Joining also comes before the first
+            # poll, so rooms are spread from the start.
+            if await _unless_stopped(parts.coordination.join(), self.stopping, config) is None:
+                return
             if parts.server is not None:
                 await self._listen()
                 stack.push_async_callback(parts.server.stop)
-            # Join before the first poll, so rooms are spread from the start.
-            await parts.coordination.heartbeat()
+            await parts.coordination.take_over()
+            displaced = asyncio.create_task(self._stop_when_displaced(), name="displaced")
+            stack.callback(displaced.cancel)
             worker_task = asyncio.create_task(parts.worker.run(), name="delivery")
             parts.scheduler.start()
             watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
@@ -70,6 +76,12 @@ class Daemon:
             if worker_task.done() and not self.stopping.is_set():
                 worker_task.result()  # the loop only ends on a bug: surface it
             await self._drain(worker_task, watchdog)
+        if parts.coordination.displaced_by is not None:
+            raise parts.coordination.displaced_by
+
+    async def _stop_when_displaced(self) -> None:
+        await self.parts.coordination.displaced.wait()
+        self.stopping.set()
 
     async def _drain(self, worker_task: asyncio.Task[None], watchdog: asyncio.Task[None]) -> None:
         """Stop polling and delivering within ``shutdown_grace``, hand back what is left."""
@@ -144,7 +156,13 @@ async def run(
             if store is None:
                 return
             daemon = Daemon(build(config, store), notifier or Notifier(), stopping=stopping)
-            await daemon.run()
+            try:
+                await daemon.run()
+            except InstanceIdInUse as exc:
+                # A deployment error, like a bad config: the fix is a distinct instance_id.
+                raise ConfigError(
+                    config.path, "instance_id", f"{exc}; give every instance its own instance_id"
+                ) from None
     finally:
         for signum in _SIGNALS:
             loop.remove_signal_handler(signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 
@@ -29,3 +30,20 @@ def one_line(exc: BaseException, *, limit: int = 300) -> str:
 
 class StoreError(UserError):
     """The store cannot be reached or used (the URL is printed with its password masked)."""
+
+
+class InstanceIdInUse(UserError):
+    """Another process holds this instance's id: its heartbeat is younger than the TTL.
+
+    ``heartbeat_at`` is that heartbeat by the store's clock: seen to move on, the other
+    process is alive (not a crashed earlier run of this one).
+    """
+
+    def __init__(self, instance_id: str, *, heartbeat_at: dt.datetime, age: float) -> None:
+        self.instance_id = instance_id
+        self.heartbeat_at = heartbeat_at
+        self.age = age
+        super().__init__(
+            f"instance id {instance_id!r} is in use by another running process "
+            f"(its last heartbeat {max(0.0, age):.1f}s ago)"
+        )

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from poller.store.models import deliveries, instances, rooms
 from poller.store.repo import AttemptRecord, Claim, RoomLease, Store
 
 
@@ -60,5 +62,26 @@ def engine_of(store: Store) -> AsyncEngine:
 
 
 def sibling(store: Store, instance_id: str) -> Store:
-    """Another instance on the same database."""
-    return Store(engine_of(store), instance_id=instance_id)
+    """Another instance (another process) on the same database, timed by the same clock."""
+    return Store(engine_of(store), instance_id=instance_id, clock=store.clock)
+
+
+async def elapse(engine: AsyncEngine, seconds: float) -> None:
+    """Let ``seconds`` pass in the store: every stored instant moves back by that much.
+
+    Why not a clock passed ahead: on PostgreSQL the store times leases, claims and
+    heartbeats by the database's clock, whatever the caller's says.
+    """
+    delta = dt.timedelta(seconds=seconds)
+    columns = {
+        rooms: ("lease_until", "last_polled_at"),
+        deliveries: ("claimed_until", "next_attempt_at", "created_at"),
+        instances: ("heartbeat_at", "started_at"),
+    }
+    async with engine.begin() as conn:
+        for table, names in columns.items():
+            rows = (await conn.execute(select(table.c.id, *(table.c[n] for n in names)))).all()
+            for row in rows:
+                values = {n: row._mapping[n] - delta for n in names if row._mapping[n]}
+                if values:
+                    await conn.execute(update(table).where(table.c.id == row.id).values(values))

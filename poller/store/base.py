@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import enum
 import functools
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
+from sqlalchemy import ColumnElement, Interval, exists, func, literal, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from poller.errors import StoreError, one_line
 from poller.states import DeliveryState
 from poller.store.db import schema_revisions
+from poller.store.models import UTCDateTime, instances
 
-__all__ = ["StoreBase", "describe_store_error", "translated"]
+__all__ = ["StoreBase", "StoreClock", "db_now", "describe_store_error", "translated"]
 
 PENDING, DELIVERED, DEAD = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.DEAD
 
@@ -50,14 +54,50 @@ def describe_store_error(exc: BaseException) -> str:
     return one_line(orig if orig is not None else exc)
 
 
+class StoreClock(enum.Enum):
+    """Whose clock times leases, claims, heartbeats and the outbox's schedule."""
+
+    # PostgreSQL's now(): every instance on the store reads the same clock, so an
+    # instance whose own clock is off can neither take a live lease or claim nor
+    # look dead. now(), not clock_timestamp(): it is the instant the transaction
+    # began, the same for every statement of one method (a heartbeat's write and its
+    # "who is live" read agree), and it is never later than the commit, so a lease
+    # written as now() + ttl ends no earlier than the caller's own deadline (taken
+    # before it asked).
+    DATABASE = "database"
+    # The ``now`` each call passes: SQLite, one file on one host, has one clock anyway
+    # (and no interval arithmetic on its text timestamps).
+    CALLER = "caller"
+
+    @classmethod
+    def for_dialect(cls, dialect: str) -> StoreClock:
+        """The database's clock where several hosts share the store (PostgreSQL)."""
+        return cls.DATABASE if dialect == "postgresql" else cls.CALLER
+
+
 class StoreBase:
     """What every part of the store shares. Every public method is one transaction (or
-    one read) and raises StoreError when the database fails."""
+    one read) and raises StoreError when the database fails.
 
-    def __init__(self, engine: AsyncEngine, *, instance_id: str) -> None:
+    Every ``now`` parameter is the caller's clock. With ``StoreClock.DATABASE`` (the
+    default on PostgreSQL) the store times what it compares and writes by the
+    database's clock instead, and keeps only durations from the caller.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        instance_id: str,
+        clock: StoreClock | None = None,
+        incarnation: str | None = None,
+    ) -> None:
         self._engine = engine
         self.instance_id = instance_id
         self._dialect = engine.dialect.name
+        self.clock = clock or StoreClock.for_dialect(self._dialect)
+        # This process, among any that ever ran (or run) under the same instance_id.
+        self.incarnation = incarnation or uuid.uuid4().hex
 
     @property
     def single_instance(self) -> bool:
@@ -79,11 +119,43 @@ class StoreBase:
             async with asyncio.timeout(timeout):
                 await self._engine.dispose()
 
+    def _at(self, now: dt.datetime) -> ColumnElement[dt.datetime]:
+        """The store's "now" for this transaction, as SQL (``now`` is the caller's)."""
+        if self.clock is StoreClock.DATABASE:
+            return db_now()
+        return literal(now, UTCDateTime())
+
+    def _after(self, now: dt.datetime, seconds: float) -> ColumnElement[dt.datetime]:
+        """``seconds`` after the store's "now", as SQL (negative: before it)."""
+        delta = dt.timedelta(seconds=seconds)
+        if self.clock is StoreClock.DATABASE:
+            # Computed by the database: Python's now + ttl would be this host's clock.
+            return db_now() + literal(delta, Interval())
+        return literal(now + delta, UTCDateTime())
+
+    def _holds_id(self) -> ColumnElement[bool]:
+        """No other process holds this instance's id (see ``Leases.heartbeat``).
+
+        Why on the writes that take or hand back work: a process whose id another one
+        took over (it was silent past the TTL) must neither take rooms and claims under
+        the shared id nor release the other's, until it notices and stops. One
+        primary-key lookup inside the statement, no round trip.
+        """
+        return ~exists().where(
+            instances.c.id == self.instance_id,
+            instances.c.incarnation.is_distinct_from(self.incarnation),
+        )
+
     def _insert(self, table: Any) -> Any:
         # ON CONFLICT DO NOTHING lives in the dialects' own insert constructs.
         if self._dialect == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
+
+
+def db_now() -> ColumnElement[dt.datetime]:
+    """PostgreSQL's now(): when the current transaction began, by the database's clock."""
+    return type_coerce(func.now(), UTCDateTime())
 
 
 def aware(value: Any) -> dt.datetime | None:

@@ -7,10 +7,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Update, delete, func, or_, select, update
+from sqlalchemy import Update, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from poller.store.base import PENDING, StoreBase, translated
+from poller.errors import InstanceIdInUse
+from poller.store.base import PENDING, StoreBase, aware, translated
 from poller.store.models import deliveries, instances, rooms
 
 __all__ = ["Leases", "RoomLease"]
@@ -48,6 +49,7 @@ class Leases(StoreBase):
         exactly the conditional update it would get alone.
         """
         # The last word per room wins, as it would one call after another.
+        at = self._at(now)
         finished = dict(finish)
         wanted = dict(acquire)
         leases: dict[str, RoomLease | None] = {}
@@ -59,9 +61,9 @@ class Leases(StoreBase):
                     .where(rooms.c.id.in_(ok))
                     .values(
                         last_error=None,
-                        last_success_at=now,
+                        last_success_at=at,
                         failed_walks=0,
-                        first_polled_at=func.coalesce(rooms.c.first_polled_at, now),
+                        first_polled_at=func.coalesce(rooms.c.first_polled_at, at),
                     )
                 )
             failed: dict[tuple[str, bool], list[str]] = {}
@@ -74,7 +76,7 @@ class Leases(StoreBase):
                     "failed_walks": rooms.c.failed_walks + 1,
                 }
                 if ends_baseline:
-                    values["first_polled_at"] = func.coalesce(rooms.c.first_polled_at, now)
+                    values["first_polled_at"] = func.coalesce(rooms.c.first_polled_at, at)
                 await conn.execute(update(rooms).where(rooms.c.id.in_(sorted(ids))).values(values))
             handed_back = sorted(room for room, preferred in wanted.items() if not preferred)
             if handed_back:
@@ -105,13 +107,14 @@ class Leases(StoreBase):
                 or_(
                     rooms.c.lease_owner == self.instance_id,
                     rooms.c.lease_until.is_(None),
-                    rooms.c.lease_until < now,
+                    rooms.c.lease_until < self._at(now),
                 ),
+                self._holds_id(),
             )
             .values(
                 lease_owner=self.instance_id,
-                lease_until=now + dt.timedelta(seconds=ttl),
-                last_polled_at=now,
+                lease_until=self._after(now, ttl),
+                last_polled_at=self._at(now),
             )
             .returning(rooms.c.id, rooms.c.first_polled_at, rooms.c.failed_walks)
         )
@@ -120,31 +123,64 @@ class Leases(StoreBase):
     def _release(self, now: dt.datetime, cooldown: float) -> Update:
         return (
             update(rooms)
-            .where(rooms.c.lease_owner == self.instance_id)
-            .values(lease_owner=None, lease_until=now + dt.timedelta(seconds=cooldown))
+            .where(rooms.c.lease_owner == self.instance_id, self._holds_id())
+            .values(lease_owner=None, lease_until=self._after(now, cooldown))
         )
 
     @translated
     async def heartbeat(
         self, *, ttl: float, now: dt.datetime, started_at: dt.datetime
     ) -> list[str]:
-        """Say this instance is alive; return every live instance's id, sorted."""
+        """Say this instance is alive; return every live instance's id, sorted.
+
+        Raises InstanceIdInUse, writing nothing, while another process (another
+        ``incarnation``) holds this id with a heartbeat younger than ``ttl``: two
+        processes under one id would take each other's rooms and claims for their own.
+        A crashed earlier run of this one holds it until its heartbeat goes stale.
+        """
         async with self._engine.begin() as conn:
             stmt = self._insert(instances).values(
-                id=self.instance_id, started_at=started_at, heartbeat_at=now
+                id=self.instance_id,
+                incarnation=self.incarnation,
+                started_at=self._at(started_at),
+                heartbeat_at=self._at(now),
             )
-            await conn.execute(
-                stmt.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
+            ours = instances.c.incarnation == stmt.excluded.incarnation
+            # One statement, so that two processes starting at once cannot both win.
+            upsert = stmt.on_conflict_do_update(
+                index_elements=["id"],
+                set_={
+                    "heartbeat_at": stmt.excluded.heartbeat_at,
+                    "incarnation": stmt.excluded.incarnation,
+                    "started_at": case(
+                        (ours, instances.c.started_at), else_=stmt.excluded.started_at
+                    ),
+                },
+                where=or_(ours, instances.c.heartbeat_at < self._after(now, -ttl)),
+            ).returning(instances.c.id)
+            holder = select(instances.c.heartbeat_at, self._at(now)).where(
+                instances.c.id == self.instance_id
             )
+            # Twice at most: the holder may leave between the two statements.
+            for _ in range(2):
+                if (await conn.execute(upsert)).first() is not None:
+                    break
+                held = (await conn.execute(holder)).first()
+                if held is None:
+                    continue
+                beat, store_now = aware(held[0]), aware(held[1])
+                assert beat is not None
+                assert store_now is not None
+                raise InstanceIdInUse(
+                    self.instance_id, heartbeat_at=beat, age=(store_now - beat).total_seconds()
+                )
             # Instances silent for long are gone for good (a pid never comes back).
             await conn.execute(
-                delete(instances).where(
-                    instances.c.heartbeat_at < now - dt.timedelta(seconds=10 * ttl)
-                )
+                delete(instances).where(instances.c.heartbeat_at < self._after(now, -10 * ttl))
             )
             live = await conn.execute(
                 select(instances.c.id)
-                .where(instances.c.heartbeat_at >= now - dt.timedelta(seconds=ttl))
+                .where(instances.c.heartbeat_at >= self._after(now, -ttl))
                 .order_by(instances.c.id)
             )
             return list(live.scalars())
@@ -153,7 +189,13 @@ class Leases(StoreBase):
     async def deregister(self) -> None:
         """Leave the set of live instances (a graceful stop), so others rebalance at once."""
         async with self._engine.begin() as conn:
-            await conn.execute(delete(instances).where(instances.c.id == self.instance_id))
+            await conn.execute(
+                delete(instances).where(
+                    instances.c.id == self.instance_id,
+                    # Another process's row under this id is not ours to delete.
+                    instances.c.incarnation == self.incarnation,
+                )
+            )
 
     @translated
     async def instance_states(self) -> list[dict[str, Any]]:

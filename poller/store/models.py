@@ -99,6 +99,9 @@ instances = Table(
     Column("id", String(255), primary_key=True),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("heartbeat_at", UTCDateTime(), nullable=False),
+    # A random token per process: tells a restart of this instance from another live
+    # process started with the same id (NULL: a row written before 0004).
+    Column("incarnation", String(32), nullable=True),
 )
 
 deliveries = Table(

@@ -7,10 +7,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Interval, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from poller.store.base import DEAD, DELIVERED, PENDING, StoreBase, aware, translated
+from poller.store.base import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    StoreBase,
+    StoreClock,
+    aware,
+    db_now,
+    translated,
+)
 from poller.store.models import deliveries, events
 
 __all__ = ["AttemptRecord", "Claim", "DeliveryRow", "Outbox"]
@@ -31,7 +40,11 @@ class Claim:
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """One finished attempt to record: delivered when ``error`` is None, else failed
-    (pending again at ``retry_at``, or dead when that is None)."""
+    (pending again at ``retry_at``, or dead when that is None).
+
+    Both times are the caller's clock; on a store timed by the database's clock the
+    retry keeps its delay (``retry_at - now``), counted from the database's "now".
+    """
 
     claim: Claim
     now: dt.datetime  # when the attempt ended
@@ -62,10 +75,14 @@ class Outbox(StoreBase):
         """Claim up to ``limit`` due deliveries of one webhook for ``ttl`` seconds."""
         if limit <= 0:
             return []
+        at = self._at(now)
         due = (
             select(deliveries.c.id)
             .where(
-                _waiting(now), deliveries.c.webhook == webhook, deliveries.c.next_attempt_at <= now
+                _waiting(at),
+                deliveries.c.webhook == webhook,
+                deliveries.c.next_attempt_at <= at,
+                self._holds_id(),
             )
             .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
             .limit(limit)
@@ -78,10 +95,7 @@ class Outbox(StoreBase):
                 await conn.execute(
                     update(deliveries)
                     .where(deliveries.c.id.in_(due.scalar_subquery()))
-                    .values(
-                        claimed_by=self.instance_id,
-                        claimed_until=now + dt.timedelta(seconds=ttl),
-                    )
+                    .values(claimed_by=self.instance_id, claimed_until=self._after(now, ttl))
                     .returning(
                         deliveries.c.id,
                         deliveries.c.event_id,
@@ -141,29 +155,50 @@ class Outbox(StoreBase):
                     continue
                 held.discard(delivery_id)  # a repeat would find it no longer pending
                 values = _attempt_values(record)
-                params = {f"p_{name}": value for name, value in values.items()}
+                params = self._attempt_params(record, values)
                 shapes.setdefault(tuple(values), []).append({"p_id": delivery_id, **params})
             for names, rows in shapes.items():
                 await conn.execute(
                     update(deliveries)
                     .where(deliveries.c.id == bindparam("p_id", type_=deliveries.c.id.type), ours)
-                    .values(
-                        {
-                            **{
-                                name: bindparam(f"p_{name}", type_=deliveries.c[name].type)
-                                for name in names
-                            },
-                            **_COUNT_ATTEMPT,
-                        }
-                    ),
+                    .values({**self._attempt_columns(names), **_COUNT_ATTEMPT}),
                     rows,
                 )
         return kept
 
+    def _attempt_params(self, record: AttemptRecord, values: dict[str, Any]) -> dict[str, Any]:
+        """Bound parameters for ``_attempt_values``: on the database's clock the attempt's
+        end is the transaction's "now" (no parameter), and a retry keeps its delay."""
+        params: dict[str, Any] = {}
+        for name, value in values.items():
+            if self.clock is StoreClock.DATABASE:
+                if name in _ATTEMPT_ENDED:
+                    continue
+                if name == "next_attempt_at":
+                    value = value - record.now
+            params[f"p_{name}"] = value
+        return params
+
+    def _attempt_columns(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """SET clauses for one shape of ``_attempt_values`` (see ``_attempt_params``)."""
+        columns: dict[str, Any] = {}
+        for name in names:
+            if self.clock is StoreClock.DATABASE and name in _ATTEMPT_ENDED:
+                columns[name] = db_now()  # one "now" for the whole batch: its transaction's
+            elif self.clock is StoreClock.DATABASE and name == "next_attempt_at":
+                columns[name] = db_now() + bindparam(f"p_{name}", type_=Interval())
+            else:
+                columns[name] = bindparam(f"p_{name}", type_=deliveries.c[name].type)
+        return columns
+
     @translated
     async def release_claims(self, claims: Sequence[Claim] | None = None) -> int:
         """Hand back these claims (default: all of this instance's), to be retried at once."""
-        mine = [deliveries.c.claimed_by == self.instance_id, deliveries.c.state == PENDING]
+        mine = [
+            deliveries.c.claimed_by == self.instance_id,
+            deliveries.c.state == PENDING,
+            self._holds_id(),
+        ]
         if claims is not None:
             mine.append(deliveries.c.id.in_([c.delivery_id for c in claims]))
         async with self._engine.begin() as conn:
@@ -174,16 +209,24 @@ class Outbox(StoreBase):
 
     @translated
     async def next_due(self, webhooks: Sequence[str], *, now: dt.datetime) -> dt.datetime | None:
-        """When the earliest claimable delivery of these webhooks falls due (``claim``'s rule)."""
+        """When the earliest claimable delivery of these webhooks falls due (``claim``'s rule),
+        by the caller's clock: how long until then is the store's business, the time to
+        wait for it the caller's (an instance whose clock is ahead must not spin)."""
         if not webhooks:
             return None
+        at = self._at(now)
         async with self._engine.connect() as conn:
-            value = await conn.scalar(
-                select(func.min(deliveries.c.next_attempt_at)).where(
-                    _waiting(now), deliveries.c.webhook.in_(webhooks)
+            due, store_now = (
+                await conn.execute(
+                    select(func.min(deliveries.c.next_attempt_at), at).where(
+                        _waiting(at), deliveries.c.webhook.in_(webhooks)
+                    )
                 )
-            )
-        return aware(value)
+            ).one()
+        due, store_now = aware(due), aware(store_now)
+        if due is None or store_now is None:
+            return None
+        return now + (due - store_now)
 
     @translated
     async def outbox_counts(self) -> dict[tuple[str, str], int]:
@@ -244,13 +287,14 @@ class Outbox(StoreBase):
             result = await conn.execute(
                 update(deliveries)
                 .where(and_(*cond))
-                .values(state=PENDING, attempts=0, next_attempt_at=now, last_error=None)
+                .values(state=PENDING, attempts=0, next_attempt_at=self._at(now), last_error=None)
             )
         return int(result.rowcount)
 
 
-def _waiting(now: dt.datetime) -> ColumnElement[bool]:
-    """Owed and not held by a live claim: what ``claim`` may take once it is due.
+def _waiting(now: ColumnElement[dt.datetime]) -> ColumnElement[bool]:
+    """Owed and not held by a live claim at ``now`` (the store's): what ``claim`` may take
+    once it is due.
 
     Why one expression: ``claim`` and ``next_due`` each wrote their own and differed
     (an expired claim was claimable but never "due").
@@ -265,6 +309,8 @@ async def _bodies(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
 
 
 _COUNT_ATTEMPT = {"attempts": deliveries.c.attempts + 1}
+# Columns an attempt sets to when it ended.
+_ATTEMPT_ENDED = frozenset({"last_attempt_at", "delivered_at"})
 
 
 def _attempt_values(record: AttemptRecord) -> dict[str, Any]:

@@ -48,7 +48,6 @@ class SeenEvents(StoreBase):
             .returning(events.c.id)
         )
 
-    _insert_deliveries = deliveries.insert()
     _room_ids = select(events.c.room_id, events.c.id).where(
         events.c.room_id.in_(bindparam("room_ids", expanding=True))
     )
@@ -93,15 +92,18 @@ class SeenEvents(StoreBase):
                     "webhook": w.name,
                     "state": PENDING,
                     "attempts": 0,
-                    "created_at": now,
-                    "next_attempt_at": now,
                 }
                 for event_id in new_ids
                 for w in targets
                 if w.matches(room_id, unique[event_id].type)
             ]
             if outbox:
-                await conn.execute(self._insert_deliveries, outbox)
+                # Owed from the store's "now": by the caller's clock, an instance whose
+                # clock is ahead would hold back every delivery it found.
+                at = self._at(now)
+                await conn.execute(
+                    deliveries.insert().values(created_at=at, next_attempt_at=at), outbox
+                )
         return PageOutcome(len(new_ids), len(outbox))
 
     @translated

@@ -8,12 +8,21 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from poller.batch import GroupCommit
 from poller.limit import Limiter
+from poller.store.base import StoreClock
 from poller.store.repo import AttemptRecord, RoomLease, Store
 from tests.integration.test_store import NOW, TTL, all_rows, other, row, seconds, seed
 from tests.storeops import acquire_room
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> Store:
+    """As in test_store: batches are compared under a clock the test drives."""
+    return Store(engine, instance_id="test-instance", clock=StoreClock.CALLER)
+
 
 # --- GroupCommit -------------------------------------------------------------------------
 

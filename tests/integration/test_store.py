@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from poller.config import Secret, WebhookConfig
 from poller.events import Event
+from poller.store.base import StoreClock
 from poller.store.db import create_engine, migrate
 from poller.store.models import deliveries, events
 from poller.store.repo import Claim, DeliveryRow, RoomLease, Store
@@ -68,6 +70,14 @@ class Hook:
 
 
 H = Hook("h")
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> Store:
+    """The store's rules under a clock the test drives: the ``now`` each call passes,
+    on both backends. The database's own clock (PostgreSQL's default) is pinned by
+    test_store_clock.py."""
+    return Store(engine, instance_id="test-instance", clock=StoreClock.CALLER)
 
 
 def other(store: Store, instance_id: str = "other") -> Store:
@@ -805,8 +815,8 @@ async def test_concurrent_claims_never_overlap_on_postgresql(pg_url: str) -> Non
     engines = [create_engine(pg_url), create_engine(pg_url)]
     try:
         await migrate(engines[0])
-        a = Store(engines[0], instance_id="a")
-        b = Store(engines[1], instance_id="b")
+        a = Store(engines[0], instance_id="a", clock=StoreClock.CALLER)
+        b = Store(engines[1], instance_id="b", clock=StoreClock.CALLER)
         total = 200
         page = [make_event(i) for i in range(total)]
         await a.record_page(ROOM, page, [H], deliver=True, now=NOW)
@@ -839,8 +849,8 @@ async def test_concurrent_mark_after_expiry_has_one_winner_on_postgresql(pg_url:
     engines = [create_engine(pg_url), create_engine(pg_url)]
     try:
         await migrate(engines[0])
-        a = Store(engines[0], instance_id="a")
-        b = Store(engines[1], instance_id="b")
+        a = Store(engines[0], instance_id="a", clock=StoreClock.CALLER)
+        b = Store(engines[1], instance_id="b", clock=StoreClock.CALLER)
         await seed(a, 20)
         stale = await a.claim("h", 20, ttl=TTL, now=NOW)
         fresh = await b.claim("h", 20, ttl=TTL, now=NOW + seconds(TTL + 1))

@@ -28,7 +28,7 @@ from poller.store.models import deliveries
 from poller.store.repo import Claim, Store
 from poller.timeutil import utcnow
 from tests.conftest import make_secret
-from tests.storeops import engine_of, mark_delivered, sibling
+from tests.storeops import elapse, engine_of, mark_delivered, sibling
 
 ROOM = "639924066893d18d47c86935"
 RECORDING = "beam.recording.success"
@@ -587,9 +587,9 @@ async def test_lost_claim_is_reported_and_not_overwritten(
         await holding.wait_for(lambda: holding.active == 1)
         # The attempt outlives its claim; another instance takes the delivery over.
         other = sibling(store, "other")
-        later = utcnow() + dt.timedelta(seconds=2)
-        (claim,) = await other.claim("slow", 1, ttl=30, now=later)
-        assert await mark_delivered(other, claim, status=200, now=later)
+        await elapse(engine_of(store), 2)  # by the store's clock, the claim is over
+        (claim,) = await other.claim("slow", 1, ttl=30, now=utcnow())
+        assert await mark_delivered(other, claim, status=200, now=utcnow())
         holding.open()
         await outcomes.wait_for(lambda: bool(outcomes.items))
     assert [o.outcome for o in outcomes.items] == ["claim_lost"]
