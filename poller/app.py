@@ -17,9 +17,10 @@ import structlog
 
 from poller import __version__
 from poller.config import Config
-from poller.errors import ConfigError, InstanceIdInUse
+from poller.errors import ConfigError, InstanceIdInUse, UserError
 from poller.parts import Parts, build, open_configured_store
 from poller.sdnotify import Notifier
+from poller.store.runlock import StoreInUse, run_lock, sqlite_file
 
 __all__ = ["Daemon", "run"]
 
@@ -45,16 +46,18 @@ class Daemon:
         structlog.contextvars.bind_contextvars(instance=parts.store.instance_id)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self._close_sessions)
-            # First of all: a second process under this id must touch nothing (not even
-            # take over, on SQLite, what it would think a dead run left), nor fail on a
-            # listen address the first one holds. Joining also comes before the first
-            # poll, so rooms are spread from the start.
+            # On SQLite the run lock (taken by ``run``) proves no other daemon is alive on
+            # the file: whatever a killed run left, its instance row included, is ours at
+            # once, and a restart under the same id (a container's pid 1) joins at once.
+            await parts.coordination.take_over()
+            # Then, before anything else: a second process under this id (PostgreSQL)
+            # must touch nothing, nor fail on a listen address the first one holds.
+            # Joining also comes before the first poll, so rooms are spread from the start.
             if await _unless_stopped(parts.coordination.join(), self.stopping, config) is None:
                 return
             if parts.server is not None:
                 await self._listen()
                 stack.push_async_callback(parts.server.stop)
-            await parts.coordination.take_over()
             displaced = asyncio.create_task(self._stop_when_displaced(), name="displaced")
             stack.callback(displaced.cancel)
             worker_task = asyncio.create_task(parts.worker.run(), name="delivery")
@@ -150,6 +153,7 @@ async def run(
         loop.add_signal_handler(signum, stopping.set)
     try:
         async with contextlib.AsyncExitStack() as stack:
+            _lock_sqlite_file(stack, config)
             store = await _unless_stopped(
                 stack.enter_async_context(open_configured_store(config)), stopping, config
             )
@@ -166,6 +170,26 @@ async def run(
     finally:
         for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+def _lock_sqlite_file(
+    stack: contextlib.ExitStack | contextlib.AsyncExitStack, config: Config
+) -> None:
+    """Hold the run lock of a SQLite store for the daemon's life (see poller.store.runlock)."""
+    database = sqlite_file(config.store.url.reveal())
+    if database is None:
+        return
+    try:
+        stack.enter_context(run_lock(database))
+    except StoreInUse as exc:
+        raise ConfigError(
+            config.path,
+            "store.url",
+            f"{exc}; a SQLite store serves one daemon: stop the other, or use PostgreSQL "
+            "for several instances",
+        ) from None
+    except UserError as exc:
+        raise ConfigError(config.path, "store.url", str(exc)) from None
 
 
 async def _unless_stopped(

@@ -215,8 +215,9 @@ class Leases(StoreBase):
         """Claim back everything another run left: for a lone instance (SQLite) starting.
 
         A run killed with -9 leaves claimed deliveries, room leases and an
-        instance row behind under its old pid; waiting for them to expire
-        would only delay this run. Returns (claims, leases) released.
+        instance row behind; waiting for them to expire would only delay this
+        run. Only safe while the run lock proves no other daemon lives on the
+        store (poller.store.runlock). Returns (claims, leases) released.
         """
         async with self._engine.begin() as conn:
             claims = await conn.execute(
@@ -229,7 +230,8 @@ class Leases(StoreBase):
                 .where(rooms.c.lease_owner.is_not(None))
                 .values(lease_owner=None, lease_until=None)
             )
-            await conn.execute(delete(instances).where(instances.c.id != self.instance_id))
+            # Our own id's row too: it is a dead run's (a restart under the same id).
+            await conn.execute(delete(instances))
         return int(claims.rowcount), int(leases.rowcount)
 
     @translated

@@ -35,12 +35,12 @@ async def test_a_store_error_during_start_closes_the_listener_and_sessions(
         parts = build(config, store)
         started = asyncio.Event()
 
-        async def failing_take_over() -> None:
+        async def failing_worker() -> None:
             started.set()
             raise StoreError("OperationalError: disk I/O error")
 
-        # The first store call once the listener is open.
-        parts.coordination.take_over = failing_take_over  # type: ignore[method-assign]
+        # The delivery loop's store calls come once the listener is open.
+        parts.worker.run = failing_worker  # type: ignore[method-assign]
         with pytest.raises(StoreError, match="disk I/O error"):
             await Daemon(parts, Notifier({})).run()
 
@@ -51,7 +51,6 @@ async def test_a_store_error_during_start_closes_the_listener_and_sessions(
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(f"http://127.0.0.1:{parts.server.port}/healthz")
-    assert not parts.scheduler.running
 
 
 async def test_a_daemon_whose_id_another_process_took_stops_and_says_so(
