@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,9 +12,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from poller.errors import StoreError
 from poller.poll import PollResult
 from poller.states import PollOutcome
+from poller.store.faults import Faults
 from poller.timings import Timings
 
 __all__ = ["Check", "Health"]
+
+STORE_CHECK_TIMEOUT = 2.0  # seconds /readyz waits for the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +46,10 @@ class Health:
         scheduler_running: Callable[[], bool],
         delivery_loop_age: Callable[[], float | None],
         schema: Callable[[], Awaitable[tuple[str | None, str | None]]],
+        store_faults: Faults | None = None,
     ) -> None:
         self._timings = timings
+        self._faults = store_faults or Faults()
         self._scheduler_running = scheduler_running
         self._loop_age = delivery_loop_age
         self._schema = schema
@@ -67,13 +73,31 @@ class Health:
     async def ready(self) -> list[Check]:
         """Is it doing its job?"""
         checks = self.live()
+        # A read answering is not enough: a full disk or a read-only file fails only
+        # writes, and a deleted file nothing at all (see poller.store.faults).
+        now = time.monotonic()
+        problems = [
+            f"{f.operation} failing for {now - f.since:.1f}s: {f.error}"
+            for f in self._faults.current(within=self._timings.store_fault_window)
+        ]
+        schema: Check | None = None
         try:
-            current, head = await self._schema()
+            # A store that waits on a lock held elsewhere would hang the probe itself.
+            async with asyncio.timeout(STORE_CHECK_TIMEOUT):
+                current, head = await self._schema()
+        except TimeoutError:
+            # Held up (a lock held by another process): a fault like any failure, so the
+            # metrics and the log say so too. The next answer clears it.
+            problems.insert(0, f"no answer within {STORE_CHECK_TIMEOUT:g}s")
+            self._faults.failed("answer", f"no answer within {STORE_CHECK_TIMEOUT:g}s")
         except (StoreError, SQLAlchemyError, OSError) as exc:
-            checks.append(Check("store", False, type(exc).__name__))
+            problems.insert(0, type(exc).__name__)
         else:
-            checks.append(Check("store", True))
-            checks.append(Check("schema", current == head, f"at {current}, expected {head}"))
+            self._faults.succeeded("answer")
+            schema = Check("schema", current == head, f"at {current}, expected {head}")
+        checks.append(Check("store", not problems, "; ".join(problems)))
+        if schema is not None:
+            checks.append(schema)
         last = self.last_poll_at
         if last is None:
             checks.append(Check("polls", False, "no successful poll yet"))

@@ -19,6 +19,7 @@ from poller.delivery.sender import Attempt, Target
 from poller.hms.token import TokenProvider
 from poller.poll import FAILING_AFTER, PollResult
 from poller.states import AttemptOutcome, DeliveryState, PollOutcome
+from poller.store.faults import Faults
 from poller.store.repo import Claim, Store
 from poller.timeutil import utcnow
 
@@ -109,6 +110,22 @@ class Metrics:
             "Age of the oldest delivery still owed (0 when none).",
             registry=r,
         )
+
+    def watch_store(self, faults: Faults, *, within: float) -> None:
+        """Count store failures by operation, and export how many operations fail now."""
+        errors = Counter(
+            "poller_store_errors",
+            "Store operations that failed, by operation (a full disk, a read-only or "
+            "deleted file, a lock held elsewhere, a database restart).",
+            ["operation"],
+            registry=self.registry,
+        )
+        faults.listen(lambda fault, _first: errors.labels(operation=fault.operation).inc())
+        Gauge(
+            "poller_store_failing_operations",
+            "Store operations whose latest call failed (0: the store is well).",
+            registry=self.registry,
+        ).set_function(lambda: len(faults.current(within=within)))
 
     def watch_lateness(self, seconds: Callable[[], float]) -> None:
         """Export how late polls start against their interval (read at scrape time)."""

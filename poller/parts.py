@@ -169,7 +169,9 @@ def build(config: Config, store: Store) -> Parts:
         scheduler_running=lambda: scheduler.running,
         delivery_loop_age=worker.loop_age,
         schema=store.schema_revisions,
+        store_faults=store.faults,
     )
+    metrics.watch_store(store.faults, within=timings.store_fault_window)
 
     def polled(result: PollResult) -> None:
         metrics.observe_poll(result)
@@ -212,6 +214,19 @@ def build(config: Config, store: Store) -> Parts:
         first_in=timings.heartbeat,
         timeout=timings.instance_ttl,
     )
+    if store.file is not None:
+        store_file = store.file
+
+        async def check_store_file() -> None:
+            store_file.check(store.faults)
+
+        scheduler.every(
+            "store_file",
+            timings.heartbeat,
+            check_store_file,
+            first_in=timings.heartbeat,
+            timeout=timings.instance_ttl,
+        )
     scheduler.every(
         "prune",
         PRUNE_INTERVAL,

@@ -167,7 +167,13 @@ class RoomPoller:
         loop = asyncio.get_running_loop()
         # Taken before asking: the lease the store grants ends no earlier than this + TTL.
         leased_at = loop.time()
-        lease = await self._bookkeeping.submit(_RoomWrite(room_id, preferred=mine))
+        try:
+            lease = await self._bookkeeping.submit(_RoomWrite(room_id, preferred=mine))
+        except StoreError as exc:
+            # No lease, so nothing to record in the store; the log and metrics say it.
+            return self._done(
+                PollResult(room_id, PollOutcome.ERROR), started, error=f"store: {exc}"
+            )
         if lease is None:
             self._held.discard(room_id)
             self._known.forget(room_id)  # the new holder adds ids this copy would miss
@@ -192,8 +198,9 @@ class RoomPoller:
         except (ApiError, _LeaseLost) as exc:
             error = str(exc)
         except StoreError as exc:
-            error = f"store: {exc}"  # the driver's words already, without SQL parameters
-            self._log.exception("poll_failed", room_id=room_id)
+            # The driver's words already, without SQL parameters; no traceback: the
+            # store's fault record reports the spell (poller.store.faults).
+            error = f"store: {exc}"
         except Exception as exc:
             # A bug: the room's outcome says so, and the next poll retries.
             error = one_line(exc)

@@ -32,6 +32,7 @@ class Timings:
     instance_ttl: float  # an instance silent this long is no longer live
     claim_ttl: float  # a delivery stays with the instance that claimed it
     ready_window: float  # /readyz wants a successful poll at most this old
+    store_fault_window: float  # a store operation that failed this recently is failing
     stall_after: float  # /healthz: the delivery loop not turning this long is a hang
 
     @classmethod
@@ -53,6 +54,10 @@ class Timings:
             # a delivery claimed by an instance that died is retried after this.
             claim_ttl=2 * delivery_timeout + 5.0,
             ready_window=walk_timeout,
+            # Long enough that a fault which lasts is seen again by a periodic operation
+            # (the heartbeat, the delivery loop's claims), short enough that a one-off
+            # operation's failure (a metrics scrape) does not keep /readyz at 503.
+            store_fault_window=max(3 * min(5.0, lease_ttl / 3), 2.0),
             stall_after=STALL_AFTER,
         )
         timings._check(delivery_timeout)

@@ -16,6 +16,7 @@ from poller.aio import finish_or_cancel
 from poller.batch import GroupCommit
 from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Attempt, Sender, Target
+from poller.errors import StoreError
 from poller.states import AttemptOutcome
 from poller.store.repo import AttemptRecord, Claim
 from poller.timeutil import utcnow
@@ -114,8 +115,12 @@ class DeliveryWorker:
                 if claimed:
                     continue  # more may be due right away
                 timeout = await self._idle_timeout(idle)
+            except StoreError as exc:
+                # The store may be unavailable for a while; the loop must outlive it.
+                # One line, no traceback: the store's fault record reports the spell.
+                self._log.warning("delivery_loop_error", error=str(exc))
+                timeout = self._idle_wait
             except Exception:
-                # The store may be briefly unavailable; the loop must outlive it.
                 self._log.exception("delivery_loop_error")
                 timeout = self._idle_wait
             with contextlib.suppress(TimeoutError):

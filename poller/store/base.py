@@ -7,9 +7,10 @@ import contextlib
 import datetime as dt
 import enum
 import functools
+import sqlite3
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import ColumnElement, Interval, exists, func, literal, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from poller.errors import StoreError, one_line
 from poller.states import DeliveryState
 from poller.store.db import schema_revisions
+from poller.store.faults import Faults, StoreFile
 from poller.store.models import UTCDateTime, instances
 
 __all__ = ["StoreBase", "StoreClock", "db_now", "describe_store_error", "translated"]
@@ -27,23 +29,32 @@ PENDING, DELIVERED, DEAD = DeliveryState.PENDING, DeliveryState.DELIVERED, Deliv
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_S = TypeVar("_S", bound="StoreBase")
 
 
 def translated(
-    method: Callable[_P, Coroutine[Any, Any, _R]],
-) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """Turn the driver's failures into StoreError, so callers need not know SQLAlchemy.
+    method: Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[_S, _P], Coroutine[Any, Any, _R]]:
+    """Turn the driver's failures into StoreError, so callers need not know SQLAlchemy,
+    and keep the store's ``faults`` (which operations fail now) up to date.
 
     The message is the driver's own first line: engines hide SQL parameters, which
     hold event bodies (presigned URLs are credentials).
     """
+    operation = method.__name__
 
     @functools.wraps(method)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+    async def wrapper(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return await method(*args, **kwargs)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(describe_store_error(exc)) from exc
+            result = await method(self, *args, **kwargs)
+        # sqlite3.Error: what the driver raises from our BEGIN IMMEDIATE (poller.store.db),
+        # which SQLAlchemy does not wrap ("database is locked" past busy_timeout).
+        except (SQLAlchemyError, OSError, sqlite3.Error) as exc:
+            error = StoreError(describe_store_error(exc))
+            self.faults.failed(operation, str(error))
+            raise error from exc
+        self.faults.succeeded(operation)
+        return result
 
     return wrapper
 
@@ -98,6 +109,9 @@ class StoreBase:
         self.clock = clock or StoreClock.for_dialect(self._dialect)
         # This process, among any that ever ran (or run) under the same instance_id.
         self.incarnation = incarnation or uuid.uuid4().hex
+        self.faults = Faults()
+        # The SQLite file, once open_store knows it: checked for deletion from outside.
+        self.file: StoreFile | None = None
 
     @property
     def single_instance(self) -> bool:

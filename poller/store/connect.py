@@ -9,7 +9,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from poller.errors import StoreError
 from poller.store.db import create_engine, migrate
+from poller.store.faults import StoreFile
 from poller.store.repo import Store, describe_store_error
+from poller.store.runlock import sqlite_file
 
 __all__ = ["open_store"]
 
@@ -36,6 +38,9 @@ async def open_store(
                     pass
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(describe_store_error(exc)) from None
+        path = sqlite_file(url)
+        if path is not None:
+            store.file = StoreFile(path)
         yield store
     finally:
         await store.close(close_timeout)

@@ -61,7 +61,7 @@ def run_lock(database: Path) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise UserError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot open the lock file {path}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -75,7 +75,7 @@ def test_the_lock_dies_with_its_holder_even_on_kill_9(tmp_path: Path) -> None:
 def test_a_lock_file_that_cannot_be_created_is_a_user_error(tmp_path: Path) -> None:
     database = tmp_path / "missing" / "poller.db"
     with (
-        pytest.raises(UserError, match=r"cannot create the lock file .*No such file"),
+        pytest.raises(UserError, match=r"cannot open the lock file .*No such file"),
         run_lock(database),
     ):
         pass

@@ -33,5 +33,6 @@ def test_defaults_at_thirty_seconds() -> None:
         "instance_ttl": 90,
         "claim_ttl": 25,
         "ready_window": 90,
+        "store_fault_window": 15,
         "stall_after": 60,
     }
