@@ -19,10 +19,11 @@ from sqlalchemy import select
 
 from poller import __version__
 from poller.config import Secret, WebhookConfig
-from poller.delivery.retry import RetryPolicy
+from poller.delivery.retry import MAX_DELAY, RetryPolicy
 from poller.delivery.sender import Attempt, Sender, Target
 from poller.delivery.worker import DeliveryWorker
 from poller.events import Event
+from poller.metrics import Metrics
 from poller.receiver import Receiver
 from poller.store.models import deliveries
 from poller.store.repo import Claim, Store
@@ -58,6 +59,7 @@ def hook(
     *,
     max_concurrency: int = 4,
     event_types: set[str] | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> WebhookConfig:
     return WebhookConfig(
         name=name,
@@ -65,7 +67,7 @@ def hook(
         secret=Secret(secret or make_secret()),
         event_types=None if event_types is None else frozenset(event_types),
         rooms=None,
-        headers=(),
+        headers=headers,
         max_concurrency=max_concurrency,
     )
 
@@ -595,3 +597,112 @@ async def test_lost_claim_is_reported_and_not_overwritten(
     assert [o.outcome for o in outcomes.items] == ["claim_lost"]
     (row,) = await rows(store)
     assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 1, 200)
+
+
+# --- every attempt ends: values the loader refuses, injected past it -----------------------
+
+
+def counted(metrics: Metrics, webhook: str, outcome: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "poller_delivery_attempts_total", {"webhook": webhook, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(instance="test-instance", version=__version__)
+
+
+@pytest.fixture
+def counting_worker(
+    store: Store, session: aiohttp.ClientSession, outcomes: Outcomes, metrics: Metrics
+) -> MakeWorker:
+    """A worker whose attempts are both observed by the test and counted in metrics."""
+
+    def on_attempt(target: Target, claim: Claim, attempt: Attempt, outcome: Any) -> None:
+        metrics.observe_attempt(target, claim, attempt, outcome)
+        outcomes(target, claim, attempt, outcome)
+
+    def make(hooks: Sequence[WebhookConfig], *, schedule: tuple[float, ...]) -> DeliveryWorker:
+        return DeliveryWorker(
+            store,
+            Sender(session, timeout=5.0, user_agent=USER_AGENT),
+            [Target.from_config(h) for h in hooks],
+            RetryPolicy(schedule, rng=random.Random(0)),
+            claim_ttl=30.0,
+            idle_wait=30.0,
+            on_attempt=on_attempt,
+        )
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_error"),
+    [
+        ("header-control-character", "ValueError: Forbidden control character"),
+        ("host-label-over-63", "label empty or too long"),
+    ],
+)
+async def test_an_attempt_that_cannot_be_sent_fails_and_goes_dead(
+    case: str,
+    expected_error: str,
+    store: Store,
+    receiver: Receiver,
+    counting_worker: MakeWorker,
+    outcomes: Outcomes,
+    metrics: Metrics,
+) -> None:
+    headers: tuple[tuple[str, str], ...] = ()
+    url = receiver.url("all") + "?token=tok-S3CR3T"
+    if case == "header-control-character":
+        headers = (("X-Api-Key", "key-S3CR3T\x01"),)
+    else:
+        port = url.rsplit(":", 1)[1]
+        url = f"http://{'a' * 64}.localhost:{port}"
+    hooks = [hook("all", url, receiver.secrets["all"], headers=headers)]
+    await seed(store, hooks, 1)
+    schedule = (0.02, 0.02)
+    worker = counting_worker(hooks, schedule=schedule)
+    async with running(worker):
+        await outcomes.wait_for(lambda: bool(outcomes.of("all", "dead")))
+    assert [o.outcome for o in outcomes.items] == ["retry"] * len(schedule) + ["dead"]
+    assert receiver.received == []  # nothing was sent: the request could not be built
+    (row,) = await rows(store)
+    assert (row["state"], row["attempts"], row["claimed_by"]) == ("dead", 3, None)
+    assert row["last_status"] is None
+    assert expected_error in row["last_error"]
+    assert "\n" not in row["last_error"]
+    assert "S3CR3T" not in row["last_error"]
+    assert counted(metrics, "all", "retry") == len(schedule)
+    assert counted(metrics, "all", "dead") == 1
+
+
+async def test_a_retry_delay_past_the_calendar_is_capped_and_the_delivery_still_dies(
+    store: Store,
+    receiver: Receiver,
+    counting_worker: MakeWorker,
+    outcomes: Outcomes,
+    metrics: Metrics,
+) -> None:
+    hooks = [hook("all", receiver.url("all"), receiver.secrets["all"])]
+    await seed(store, hooks, 1)
+    receiver.fail("all", times=None, status=503)
+    # "100000000h": now + that overflowed the date and left the row claimed forever.
+    worker = counting_worker(hooks, schedule=(100_000_000 * 3600.0,))
+    async with running(worker):
+        await outcomes.wait_for(lambda: bool(outcomes.of("all", "retry")))
+        (row,) = await rows(store)
+        assert (row["state"], row["attempts"], row["claimed_by"]) == ("pending", 1, None)
+        wait = (row["next_attempt_at"] - row["last_attempt_at"]).total_seconds()
+        assert MAX_DELAY * 0.9 <= wait <= MAX_DELAY * 1.1
+        await elapse(engine_of(store), MAX_DELAY * 1.2)  # the capped retry falls due
+        worker.wake()
+        await outcomes.wait_for(lambda: bool(outcomes.of("all", "dead")))
+    assert [o.outcome for o in outcomes.items] == ["retry", "dead"]
+    assert len(receiver.received) == 2
+    (row,) = await rows(store)
+    assert (row["state"], row["attempts"], row["last_error"]) == ("dead", 2, "HTTP 503")
+    assert counted(metrics, "all", "retry") == 1
+    assert counted(metrics, "all", "dead") == 1
