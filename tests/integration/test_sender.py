@@ -300,6 +300,27 @@ async def test_hanging_receiver_times_out(
     assert_clean(attempt)
 
 
+async def test_a_cancelled_attempt_is_cancelled_not_failed(
+    serve: Serve, sender: Sender, release: asyncio.Event
+) -> None:
+    # Not an outcome: the worker hands the claim back (an attempt was not made).
+    arrived = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hang", handler)
+    base = await serve(app)
+    attempt = asyncio.create_task(sender.send(target(f"{base}/hang"), "m", BODY))
+    await asyncio.wait_for(arrived.wait(), 5.0)
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+
+
 async def test_connection_refused(sender: Sender) -> None:
     port = closed_port()
     hook = target(f"http://127.0.0.1:{port}/hooks/private/path?token={TOKEN}")

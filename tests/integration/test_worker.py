@@ -252,6 +252,7 @@ def make_worker(store: Store, session: aiohttp.ClientSession, outcomes: Outcomes
         timeout: float = 5.0,
         claim_ttl: float = 30.0,
         on_store: Store | None = None,
+        on_attempt: Callable[[Target, Claim, Attempt, Any], None] | None = None,
     ) -> DeliveryWorker:
         return DeliveryWorker(
             on_store or store,
@@ -260,7 +261,7 @@ def make_worker(store: Store, session: aiohttp.ClientSession, outcomes: Outcomes
             RetryPolicy(schedule, rng=random.Random(0)),
             claim_ttl=claim_ttl,
             idle_wait=idle_wait,
-            on_attempt=outcomes,
+            on_attempt=on_attempt or outcomes,
         )
 
     return make
@@ -602,40 +603,34 @@ async def test_lost_claim_is_reported_and_not_overwritten(
 # --- every attempt ends: values the loader refuses, injected past it -----------------------
 
 
-def counted(metrics: Metrics, webhook: str, outcome: str) -> float:
-    value = metrics.registry.get_sample_value(
-        "poller_delivery_attempts_total", {"webhook": webhook, "outcome": outcome}
-    )
-    return value or 0.0
+@dataclass
+class Counted:
+    """Workers whose attempts the test observes and metrics count, as in the daemon."""
 
+    make_worker: MakeWorker
+    outcomes: Outcomes
+    metrics: Metrics
 
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics(instance="test-instance", version=__version__)
+    def worker(
+        self, hooks: Sequence[WebhookConfig], *, schedule: tuple[float, ...]
+    ) -> DeliveryWorker:
+        def on_attempt(target: Target, claim: Claim, attempt: Attempt, outcome: Any) -> None:
+            self.metrics.observe_attempt(target, claim, attempt, outcome)
+            self.outcomes(target, claim, attempt, outcome)
 
+        return self.make_worker(hooks, schedule=schedule, on_attempt=on_attempt)
 
-@pytest.fixture
-def counting_worker(
-    store: Store, session: aiohttp.ClientSession, outcomes: Outcomes, metrics: Metrics
-) -> MakeWorker:
-    """A worker whose attempts are both observed by the test and counted in metrics."""
-
-    def on_attempt(target: Target, claim: Claim, attempt: Attempt, outcome: Any) -> None:
-        metrics.observe_attempt(target, claim, attempt, outcome)
-        outcomes(target, claim, attempt, outcome)
-
-    def make(hooks: Sequence[WebhookConfig], *, schedule: tuple[float, ...]) -> DeliveryWorker:
-        return DeliveryWorker(
-            store,
-            Sender(session, timeout=5.0, user_agent=USER_AGENT),
-            [Target.from_config(h) for h in hooks],
-            RetryPolicy(schedule, rng=random.Random(0)),
-            claim_ttl=30.0,
-            idle_wait=30.0,
-            on_attempt=on_attempt,
+    def count(self, webhook: str, outcome: str) -> float:
+        """poller_delivery_attempts_total for this webhook and outcome."""
+        value = self.metrics.registry.get_sample_value(
+            "poller_delivery_attempts_total", {"webhook": webhook, "outcome": outcome}
         )
+        return value or 0.0
 
-    return make
+
+@pytest.fixture
+def counted(make_worker: MakeWorker, outcomes: Outcomes) -> Counted:
+    return Counted(make_worker, outcomes, Metrics(instance="test", version=__version__))
 
 
 @pytest.mark.parametrize(
@@ -646,13 +641,7 @@ def counting_worker(
     ],
 )
 async def test_an_attempt_that_cannot_be_sent_fails_and_goes_dead(
-    case: str,
-    expected_error: str,
-    store: Store,
-    receiver: Receiver,
-    counting_worker: MakeWorker,
-    outcomes: Outcomes,
-    metrics: Metrics,
+    case: str, expected_error: str, store: Store, receiver: Receiver, counted: Counted
 ) -> None:
     headers: tuple[tuple[str, str], ...] = ()
     url = receiver.url("all") + "?token=tok-S3CR3T"
@@ -664,7 +653,7 @@ async def test_an_attempt_that_cannot_be_sent_fails_and_goes_dead(
     hooks = [hook("all", url, receiver.secrets["all"], headers=headers)]
     await seed(store, hooks, 1)
     schedule = (0.02, 0.02)
-    worker = counting_worker(hooks, schedule=schedule)
+    worker, outcomes = counted.worker(hooks, schedule=schedule), counted.outcomes
     async with running(worker):
         await outcomes.wait_for(lambda: bool(outcomes.of("all", "dead")))
     assert [o.outcome for o in outcomes.items] == ["retry"] * len(schedule) + ["dead"]
@@ -675,22 +664,18 @@ async def test_an_attempt_that_cannot_be_sent_fails_and_goes_dead(
     assert expected_error in row["last_error"]
     assert "\n" not in row["last_error"]
     assert "S3CR3T" not in row["last_error"]
-    assert counted(metrics, "all", "retry") == len(schedule)
-    assert counted(metrics, "all", "dead") == 1
+    assert counted.count("all", "retry") == len(schedule)
+    assert counted.count("all", "dead") == 1
 
 
 async def test_a_retry_delay_past_the_calendar_is_capped_and_the_delivery_still_dies(
-    store: Store,
-    receiver: Receiver,
-    counting_worker: MakeWorker,
-    outcomes: Outcomes,
-    metrics: Metrics,
+    store: Store, receiver: Receiver, counted: Counted
 ) -> None:
     hooks = [hook("all", receiver.url("all"), receiver.secrets["all"])]
     await seed(store, hooks, 1)
     receiver.fail("all", times=None, status=503)
     # "100000000h": now + that overflowed the date and left the row claimed forever.
-    worker = counting_worker(hooks, schedule=(100_000_000 * 3600.0,))
+    worker, outcomes = counted.worker(hooks, schedule=(100_000_000 * 3600.0,)), counted.outcomes
     async with running(worker):
         await outcomes.wait_for(lambda: bool(outcomes.of("all", "retry")))
         (row,) = await rows(store)
@@ -704,5 +689,5 @@ async def test_a_retry_delay_past_the_calendar_is_capped_and_the_delivery_still_
     assert len(receiver.received) == 2
     (row,) = await rows(store)
     assert (row["state"], row["attempts"], row["last_error"]) == ("dead", 2, "HTTP 503")
-    assert counted(metrics, "all", "retry") == 1
-    assert counted(metrics, "all", "dead") == 1
+    assert counted.count("all", "retry") == 1
+    assert counted.count("all", "dead") == 1
