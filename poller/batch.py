@@ -7,6 +7,10 @@ Writes queued while a flush runs go together in the next one: under load a
 flush carries dozens of them; when idle a lone write goes at once, with no
 added wait (or at most ``window``, when asked to gather writes that trickle in).
 Each caller still gets its own result, after its write committed.
+
+Why a failed batch is written again item by item: one item the store refuses (a
+value too long for its column on PostgreSQL) would otherwise fail every other
+caller of its batch, whose writes were fine.
 """
 
 from __future__ import annotations
@@ -20,12 +24,20 @@ __all__ = ["GroupCommit"]
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Items of a failed batch retried alone before concluding, none of them having gone
+# in, that the store itself is failing: the rest then get the batch's error without
+# a transaction each (an outage must not cost one store timeout per item).
+_PROBES = 2
+
 
 class GroupCommit(Generic[T, R]):
     """Hands every item submitted meanwhile to one ``flush`` call, in submission order.
 
-    ``flush`` gets a list of items and returns one result per item, in order; if it
-    raises, every caller of that batch gets the exception.
+    ``flush`` gets a list of items and returns one result per item, in order, and
+    writes all of them or none (one transaction). If it raises, each item is flushed
+    again alone: a caller gets its own result, or the exception of its own write.
+    Only when the first items alone fail too (the store, not an item, is failing)
+    do the rest get the batch's exception without a retry.
     """
 
     def __init__(
@@ -79,13 +91,9 @@ class GroupCommit(Generic[T, R]):
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 try:
-                    results = await self._flush([item for item, _ in batch])
-                    if len(results) != len(batch):
-                        raise RuntimeError("flush returned a different number of results")
+                    results = await self._flush_all([item for item, _ in batch])
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    await self._one_by_one(batch, exc)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
@@ -96,3 +104,27 @@ class GroupCommit(Generic[T, R]):
                 future.cancel()
             self._queue.clear()
             raise
+
+    async def _flush_all(self, items: list[T]) -> Sequence[R]:
+        results = await self._flush(items)
+        if len(results) != len(items):
+            raise RuntimeError("flush returned a different number of results")
+        return results
+
+    async def _one_by_one(self, batch: list[tuple[T, asyncio.Future[R]]], error: Exception) -> None:
+        """Settle the callers of a failed batch, each by a flush of its item alone."""
+        went_in = False
+        for index, (item, future) in enumerate(batch):
+            if len(batch) == 1 or (not went_in and index >= _PROBES):
+                if not future.done():
+                    future.set_exception(error)
+                continue
+            try:
+                (result,) = await self._flush_all([item])
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            went_in = True
+            if not future.done():
+                future.set_result(result)

@@ -32,8 +32,11 @@ __all__ = ["CONFIG_PATH_ENV", "DEFAULT_CONFIG_PATH", "load_config", "resolve_con
 DEFAULT_CONFIG_PATH = Path("/etc/poller/config.toml")
 CONFIG_PATH_ENV = "POLLER_CONFIG"
 
-# Headers poller sets itself, plus framing headers that must match the body it sends.
-_RESERVED_HEADERS = frozenset({"content-type", "user-agent", "content-length", "transfer-encoding"})
+# Headers poller sets itself (host: from the URL; another one would route the request
+# elsewhere than the URL says), plus framing headers that must match the body it sends.
+_RESERVED_HEADERS = frozenset(
+    {"content-type", "user-agent", "content-length", "transfer-encoding", "host"}
+)
 
 
 def resolve_config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:

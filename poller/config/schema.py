@@ -10,28 +10,41 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    WithJsonSchema,
+)
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from poller.config.durations import DURATION_PATTERN, parse_duration
+from poller.config.durations import DURATION_PATTERN, format_duration, parse_duration
 from poller.config.messages import IfEmpty, Items, problem
 from poller.config.model import LogFormat, LogLevel
 from poller.config.values import (
     HEADER_NAME,
     STORE_URL_PATTERN,
+    header_value_problem,
     http_url_problem,
     parse_listen,
     store_url,
+    stored_length,
+    text_problem,
     type_name,
 )
 
 __all__ = ["ConfigFile", "HmsTable", "WebhookTable", "json_schema"]
 
 _WEBHOOK_NAME = re.compile(r"[a-z0-9_-]+")
+_HOUR = 3600.0
+_DAY = 24 * _HOUR
 
 # --- single-value checks: each raises problem() with our wording --------------------------
 
@@ -41,7 +54,39 @@ def _text(value: object) -> str:
         raise problem(f"expected a string, got {type_name(value)}")
     if not value.strip():
         raise problem("must not be empty")
+    if (found := text_problem(value)) is not None:
+        raise problem(found)
     return value
+
+
+def _stored_text(value: object, columns: tuple[str, ...]) -> str:
+    """A non-blank string short enough for these store columns (``table.column``): a longer
+    one is a config error on every backend, not a write that PostgreSQL refuses later."""
+    text = _text(value)
+    if len(text) > (limit := stored_length(*columns)):
+        raise problem(
+            f"must be at most {limit} characters (the store keeps it in {columns[0]}), "
+            f"got {len(text)}"
+        )
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """Declaration metadata: a string kept in these store columns (``table.column``); the
+    loader checks its length, and an editor is told the same ``maxLength``."""
+
+    columns: tuple[str, ...]
+
+    def validator(self) -> PlainValidator:
+        return PlainValidator(lambda value: _stored_text(value, self.columns))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json = handler(schema)
+        # Read when the schema is generated, not at import (see stored_length).
+        return {**json, "maxLength": stored_length(*self.columns)}
 
 
 def _checked(check: Callable[[str], str | None]) -> PlainValidator:
@@ -68,17 +113,25 @@ def _parsed(parse: Callable[[str], object]) -> PlainValidator:
     return PlainValidator(validate)
 
 
-def _duration(*, allow_zero: bool) -> PlainValidator:
+def _duration(*, allow_zero: bool, maximum: float) -> tuple[PlainValidator, WithJsonSchema]:
+    """A duration key's check, and the same range for an editor."""
+    most = format_duration(maximum)  # in hours: the config has no unit for days
+    if maximum >= 2 * _DAY:
+        most += f" ({maximum / _DAY:g} days)"
+    allowed = f"from 0s to {most}" if allow_zero else f"greater than 0 and at most {most}"
+
     def validate(value: object) -> float:
         try:
             seconds = parse_duration(value)
         except ValueError as e:
             raise problem(str(e)) from None
-        if seconds == 0 and not allow_zero:
-            raise problem("must be greater than 0")
+        if (seconds == 0 and not allow_zero) or seconds > maximum:
+            raise problem(f"must be {allowed}, got {value!r}")
         return seconds
 
-    return PlainValidator(validate)
+    low = "minimum" if allow_zero else "exclusiveMinimum"
+    number = {"type": "number", low: 0, "maximum": maximum}
+    return PlainValidator(validate), WithJsonSchema({"anyOf": [number, _DURATION]})
 
 
 def _one_of(choices: tuple[str, ...]) -> PlainValidator:
@@ -102,10 +155,11 @@ def _api_base(value: str) -> str | None:
     return None
 
 
-def _webhook_name(value: str) -> str | None:
-    if _WEBHOOK_NAME.fullmatch(value):
-        return None
-    return f"{value!r} may only contain lowercase letters, digits, '_' and '-'"
+def _webhook_name(value: object) -> str:
+    text = _stored_text(value, _WEBHOOK_NAME_COLUMN.columns)
+    if not _WEBHOOK_NAME.fullmatch(text):
+        raise problem(f"{text!r} may only contain lowercase letters, digits, '_' and '-'")
+    return text
 
 
 def _header_value(value: object) -> str:
@@ -113,6 +167,8 @@ def _header_value(value: object) -> str:
         raise problem(f"expected a string, got {type_name(value)}")
     if any(c in value for c in "\r\n\0"):
         raise problem("must not contain CR, LF or NUL characters")
+    if (found := header_value_problem(value)) is not None:
+        raise problem(found)
     return value
 
 
@@ -133,31 +189,48 @@ def _string(pattern: str) -> WithJsonSchema:
 _HTTP = "^[Hh][Tt][Tt][Pp][Ss]?://"
 _DURATION = {"type": "string", "pattern": DURATION_PATTERN}
 
+# Where the store keeps config values: their lengths are the models' (poller.store.models).
+_WEBHOOK_NAME_COLUMN = _Stored(("deliveries.webhook",))
+_ROOM_ID = _Stored(("rooms.id", "events.room_id"))
+_INSTANCE_ID = _Stored(("instances.id", "rooms.lease_owner", "deliveries.claimed_by"))
+_EVENT_TYPE = _Stored(("events.type",))
+
 # A string with something in it; TOML has no null, so an absent key is how to say "none".
 Text = Annotated[str, PlainValidator(_text), _string(r"\S"), Items("strings")]
 HttpUrl = Annotated[str, _checked(http_url_problem), _string(_HTTP)]
 ApiBase = Annotated[str, _checked(_api_base), _string(_HTTP + "[^?#]*$")]
 StoreUrl = Annotated[str, _parsed(store_url), _string(STORE_URL_PATTERN)]
 Listen = Annotated[tuple[str, int], _parsed(parse_listen), _string(r"^\S+:[0-9]+$")]
-WebhookName = Annotated[str, _checked(_webhook_name), _string(f"^{_WEBHOOK_NAME.pattern}$")]
-HeaderValue = Annotated[str, PlainValidator(_header_value), _string(r"^[^\r\n\x00]*$")]
+WebhookName = Annotated[
+    str, PlainValidator(_webhook_name), _string(f"^{_WEBHOOK_NAME.pattern}$"), _WEBHOOK_NAME_COLUMN
+]
+RoomId = Annotated[str, _ROOM_ID.validator(), _string(r"\S"), _ROOM_ID, Items("room ids")]
+InstanceId = Annotated[str, _INSTANCE_ID.validator(), _string(r"\S"), _INSTANCE_ID]
+EventType = Annotated[str, _EVENT_TYPE.validator(), _string(r"\S"), _EVENT_TYPE, Items("strings")]
+# For editors, the controls; the loader also refuses invisible characters and blanks around.
+HeaderValue = Annotated[
+    str, PlainValidator(_header_value), _string(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")
+]
 Level = Annotated[LogLevel, _one_of(get_args(LogLevel)), _any_case(get_args(LogLevel))]
 Format = Annotated[LogFormat, _one_of(get_args(LogFormat)), _any_case(get_args(LogFormat))]
-Duration = Annotated[
+# Every duration has an upper bound (a date computed from "100000000h" is past the
+# calendar's end): far above any sensible value, tighter where the key's meaning says.
+RequestTimeout = Annotated[float, *_duration(allow_zero=False, maximum=_HOUR)]
+# A room polled less often than daily is a mistake: its events would wait that long.
+Interval = Annotated[float, *_duration(allow_zero=False, maximum=_DAY)]
+# The rooms of an instance that stopped wait this long: a few intervals, never weeks.
+LeaseTtl = Annotated[float, *_duration(allow_zero=False, maximum=7 * _DAY)]
+RetryDelay = Annotated[
     float,
-    _duration(allow_zero=True),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, _DURATION]}),
+    *_duration(allow_zero=True, maximum=30 * _DAY),
     Items("durations"),
 ]
-PositiveDuration = Annotated[
-    float,
-    _duration(allow_zero=False),
-    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _DURATION]}),
-    Items("durations"),
-]
+Grace = Annotated[float, *_duration(allow_zero=True, maximum=_HOUR)]
 Concurrency = Annotated[int, Field(ge=1)]
 # Unique strings; duplicates are found by the loader, which names both places.
-Strings = Annotated[list[Text], Field(min_length=1, json_schema_extra={"uniqueItems": True})]
+_UNIQUE = Field(min_length=1, json_schema_extra={"uniqueItems": True})
+EventTypes = Annotated[list[EventType], _UNIQUE]
+RoomIds = Annotated[list[RoomId], _UNIQUE]
 Headers = Annotated[
     dict[str, HeaderValue],
     Field(json_schema_extra={"propertyNames": {"pattern": f"^{HEADER_NAME.pattern}$"}}),
@@ -195,16 +268,16 @@ class HmsTable(_Table):
     """One fixed management token instead of access_key + app_secret (it expires)."""
     management_token_file: Text | None = None
     """A file holding the management token (or $POLLER_HMS_MANAGEMENT_TOKEN)."""
-    event_types: Strings = Field(["beam.recording.success"])
+    event_types: EventTypes = Field(["beam.recording.success"])
     """The event types to ask the API for."""
-    request_timeout: PositiveDuration = Field("10s", validate_default=True)
+    request_timeout: RequestTimeout = Field("10s", validate_default=True)
     """Per API request: seconds, or a string like "10s"."""
 
 
 class PollTable(_Table):
     """When and how much to ask the API for."""
 
-    interval: PositiveDuration = Field("30s", validate_default=True)
+    interval: Interval = Field("30s", validate_default=True)
     """Per room; rooms are spread over the interval."""
     page_size: Annotated[int, Field(ge=1, le=100)] = 100
     """Events per request, 1..100."""
@@ -213,7 +286,7 @@ class PollTable(_Table):
     are only recorded as seen."""
     max_concurrency: Concurrency = 8
     """API requests in flight at once, across all rooms."""
-    lease_ttl: PositiveDuration | None = None
+    lease_ttl: LeaseTtl | None = None
     """How long the rooms of an instance that stopped stay with it (default: max(3 x interval,
     30s))."""
     max_pages: Annotated[int, Field(ge=1)] = 10_000
@@ -236,9 +309,9 @@ class StoreTable(_Table):
 class DeliveryTable(_Table):
     """How webhooks are called."""
 
-    timeout: PositiveDuration = Field("10s", validate_default=True)
+    timeout: RequestTimeout = Field("10s", validate_default=True)
     """Per attempt; only a 2xx within it is success."""
-    retry_schedule: list[Duration] = Field(
+    retry_schedule: list[RetryDelay] = Field(
         ["5s", "5m", "30m", "2h", "5h", "10h", "10h"], validate_default=True
     )
     """Delays after failed attempts: n delays mean up to n + 1 attempts, [] one attempt."""
@@ -265,7 +338,7 @@ class LogTable(_Table):
 class RoomTable(_Table):
     """One room to poll."""
 
-    id: Text
+    id: RoomId
     """The room id."""
 
 
@@ -280,13 +353,15 @@ class WebhookTable(_Table):
     """A Standard Webhooks secret, "whsec_..." (or secret_file, or the environment)."""
     secret_file: Text | None = None
     """A file holding the secret, relative to this file; ${CREDENTIALS_DIRECTORY} works."""
-    event_types: Annotated[Strings | None, IfEmpty("omit it to receive all hms.event_types")] = None
+    event_types: Annotated[EventTypes | None, IfEmpty("omit it to receive all hms.event_types")] = (
+        None
+    )
     """Only these event types (default: all of hms.event_types)."""
-    rooms: Annotated[Strings | None, IfEmpty("omit it to receive all the [[rooms]] ids")] = None
+    rooms: Annotated[RoomIds | None, IfEmpty("omit it to receive all the [[rooms]] ids")] = None
     """Only these rooms (default: all)."""
     headers: Headers = Field(default_factory=dict, repr=False)
-    """Static headers; not webhook-*, content-type, user-agent, content-length or
-    transfer-encoding."""
+    """Static headers; not webhook-*, content-type, user-agent, content-length,
+    transfer-encoding or host."""
     max_concurrency: Concurrency | None = None
     """In-flight deliveries (default: delivery.max_concurrency)."""
 
@@ -296,9 +371,9 @@ class ConfigFile(_Table):
 
     model_config = ConfigDict(title="poller config")
 
-    shutdown_grace: Duration = Field("10s", validate_default=True)
+    shutdown_grace: Grace = Field("10s", validate_default=True)
     """How long SIGTERM/SIGINT may take for in-flight polls and deliveries to finish."""
-    instance_id: Text | None = None
+    instance_id: InstanceId | None = None
     """This instance's name in leases, logs and `poller status` (default: hostname:pid)."""
     hms: HmsTable = Field(default_factory=HmsTable)
     poll: PollTable = Field(default_factory=PollTable)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from poller.config.messages import Loc, Source, key_path
 from poller.config.model import Secret
+from poller.config.values import text_problem
 
 __all__ = ["Sourced", "read_secret"]
 
@@ -46,6 +47,8 @@ def read_secret(
     if file is not None:
         return _from_file(src, (*table, file_name), file)
     if from_env is not None:
+        if found := text_problem(from_env):
+            raise src.error((*table, name), f"${env_var} {found}")
         return Sourced(Secret(from_env), f"${env_var}")
     return None
 
@@ -73,4 +76,6 @@ def _from_file(src: Source, loc: Loc, raw: str) -> Sourced:
     value = text.strip()
     if not value:
         raise src.error(loc, f"{path} is empty")
+    if found := text_problem(value):
+        raise src.error(loc, f"{path} {found}")
     return Sourced(Secret(value), f"file {path}")

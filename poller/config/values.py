@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import re
 from urllib.parse import urlsplit, urlunsplit
+
+import idna
 
 __all__ = [
     "HEADER_NAME",
     "STORE_DRIVERS",
     "STORE_URL_PATTERN",
+    "header_value_problem",
+    "host_problem",
     "http_url_problem",
     "mask_url",
     "parse_listen",
     "store_url",
+    "stored_length",
+    "text_problem",
     "toml_key",
     "type_name",
 ]
@@ -31,6 +38,10 @@ STORE_URL_PATTERN = "^({})://".format(
     "|".join(re.escape(d) for d in sorted({*_STORE_DRIVER_ALIASES, *STORE_DRIVERS}))
 )
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+# An ASCII host name label as resolvers take it; '_' for names such as Docker services.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_-]+")
+_MAX_LABEL = 63  # octets, RFC 1035
+_MAX_HOST = 253  # octets, written without the trailing dot
 
 
 def type_name(value: object) -> str:
@@ -59,6 +70,90 @@ def toml_key(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def text_problem(value: str) -> str | None:
+    """Why no store or driver could hold ``value``, or None: NUL or a lone surrogate.
+
+    PostgreSQL refuses NUL in text, and a lone surrogate (undecodable bytes in an
+    environment variable) has no UTF-8 encoding. Never quotes the value.
+    """
+    if "\0" in value:
+        return "must not contain NUL characters"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        return (
+            "must be valid Unicode text (it holds a lone surrogate, from bytes that are not UTF-8)"
+        )
+    return None
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` is not an RFC 9110 field value, or None; never quotes the value.
+
+    Visible characters, with spaces and tabs inside but not around it (a receiver
+    would strip them: the value would not be the one configured). Non-ASCII text is
+    RFC 9110's obs-text and is sent as UTF-8; controls and invisible format
+    characters are refused, the HTTP client would refuse the former at send time.
+    """
+    if found := text_problem(value):
+        return found
+    if value[:1] in (" ", "\t") or value[-1:] in (" ", "\t"):
+        return "must not begin or end with a space or tab"
+    for position, char in enumerate(value):
+        if char != "\t" and not char.isprintable():
+            return (
+                f"must hold only visible characters, spaces and tabs (RFC 9110 field value); "
+                f"U+{ord(char):04X} at position {position} is not one"
+            )
+    return None
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (from a URL) cannot be resolved as written, or None.
+
+    An IP address, or a name whose labels encode as IDNA A-labels of at most 63
+    octets, 253 in all: the checks the resolver would otherwise make at the first
+    delivery, as an exception rather than a config error.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host.removesuffix(".")  # a fully qualified name's root
+    if not name.isascii():
+        try:
+            name = _idna_encode(name)
+        except UnicodeError as e:
+            return f"host is not a valid internationalized domain name (IDNA: {e})"
+    if len(name) > _MAX_HOST:
+        return f"host name is {len(name)} characters long in ASCII; at most {_MAX_HOST} are allowed"
+    for index, label in enumerate(name.split(".")):
+        if not label:
+            return "host name has an empty label (a leading dot or two dots in a row)"
+        if len(label) > _MAX_LABEL:
+            return (
+                f"host name label {index + 1} is {len(label)} characters long in ASCII; "
+                f"at most {_MAX_LABEL} are allowed"
+            )
+        if not _HOST_LABEL.fullmatch(label):
+            return f"host name label {index + 1} may only hold letters, digits, '-' and '_'"
+    return None
+
+
+def _idna_encode(name: str) -> str:
+    """A non-ASCII host name as the HTTP client sends and resolves it (yarl's rule).
+
+    IDNA 2008 with UTS 46 mapping; what it refuses (a symbol such as U+2603, an
+    ASCII label with '_' beside a non-ASCII one), IDNA 2003 may still encode.
+    """
+    try:
+        return idna.encode(name, uts46=True).decode("ascii")
+    except UnicodeError as first:
+        try:
+            return name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise first from None
+
+
 def http_url_problem(value: str) -> str | None:
     """Why ``value`` is not a usable http(s) URL, or None; never quotes the URL itself."""
     expected = "expected an http:// or https:// URL with a host"
@@ -66,14 +161,36 @@ def http_url_problem(value: str) -> str | None:
         return "must not contain whitespace or control characters"
     try:
         parts = urlsplit(value)
-        _ = parts.port  # raises ValueError for a port that is not a number in range
+        port = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError:
         return f"{expected} and a valid port"
     if parts.scheme.lower() not in ("http", "https"):
         return f"{expected}, got scheme {parts.scheme!r}" if parts.scheme else expected
     if not parts.hostname:
         return f"{expected}, got no host"
-    return None
+    if port == 0:
+        return f"{expected} and a valid port (1 to 65535)"
+    return host_problem(parts.hostname)
+
+
+@functools.cache
+def stored_length(*columns: str) -> int:
+    """The longest string (in characters) every one of these store columns can hold.
+
+    ``columns`` are ``"table.column"`` names of ``poller.store.models``, the one source
+    of these lengths. Why imported here, not at the top: the CLI imports the config
+    package for every command, and SQLAlchemy takes a fifth of a second to import.
+    """
+    from poller.store.models import metadata
+
+    lengths: list[int] = []
+    for name in columns:
+        table, _, column = name.partition(".")
+        length = getattr(metadata.tables[table].c[column].type, "length", None)
+        if not isinstance(length, int):
+            raise TypeError(f"{name} is not a column of bounded length")
+        lengths.append(length)
+    return min(lengths)
 
 
 def mask_url(url: str) -> str:

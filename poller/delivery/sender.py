@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
 from poller.config import WebhookConfig
+from poller.errors import one_line
 from poller.signing import SigningKey
 from poller.timeutil import parse_retry_after
 
@@ -25,6 +27,21 @@ class Target:
     key: SigningKey = field(repr=False)
     headers: Mapping[str, str] = field(repr=False)
     max_concurrency: int
+
+    def private_values(self) -> Iterator[str]:
+        """What an error about this target must not show: its URL (userinfo, path, query,
+        fragment) and its static header values."""
+        yield self.url
+        try:
+            parts = urlsplit(self.url)
+            pieces = [parts.path, parts.query, parts.fragment, parts.username, parts.password]
+        except ValueError:  # a URL urlsplit refuses: only the whole of it is known
+            pieces = []
+        for piece in pieces:
+            if piece and piece != "/":
+                yield piece
+                yield unquote(piece)
+        yield from self.headers.values()
 
     @classmethod
     def from_config(cls, webhook: WebhookConfig) -> Target:
@@ -61,22 +78,29 @@ class Sender:
         self._timeout_s = timeout
         self._user_agent = user_agent
 
-    async def send(self, target: Target, msg_id: str, body: bytes) -> Attempt:
-        """Make one attempt; never raises for network or HTTP failures."""
-        headers = {
-            **target.headers,
-            "Content-Type": "application/json",
-            "User-Agent": self._user_agent,
-            # Signed at the last moment: the timestamp is this attempt's.
-            **target.key.headers(msg_id, body),
-        }
+    async def send(self, target: Target, msg_id: str, body: bytes | str) -> Attempt:
+        """Make one attempt (``body`` is the event's JSON); never raises but CancelledError.
+
+        Why every exception: one that escaped would leave the delivery claimed, its
+        attempt uncounted, re-sent every claim TTL and never dead. A value the loader
+        should have refused (a header the HTTP writer rejects, a host IDNA cannot
+        encode) is a failed attempt like any other.
+        """
         started = time.perf_counter()
         status: int | None = None
         retry_after: float | None = None
         try:
+            data = body.encode() if isinstance(body, str) else body
+            headers = {
+                **target.headers,
+                "Content-Type": "application/json",
+                "User-Agent": self._user_agent,
+                # Signed at the last moment: the timestamp is this attempt's.
+                **target.key.headers(msg_id, data),
+            }
             async with self._session.post(
                 target.url,
-                data=body,
+                data=data,
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
@@ -94,6 +118,20 @@ class Sender:
             error = f"connection failed: {exc.os_error.strerror or type(exc.os_error).__name__}"
         except aiohttp.ClientError as exc:
             error = f"request failed: {type(exc).__name__}"
+        except Exception as exc:
+            error = f"request failed: {redacted(one_line(exc), target.private_values())}"
         if status is not None and 200 <= status < 300:
             error = None  # a response body cut short after a 2xx is still a delivery
         return Attempt(status, error, retry_after, time.perf_counter() - started)
+
+
+def redacted(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without any of ``secrets`` (as written or as repr() escapes them), in
+    characters every store can hold: printable, no NUL, no lone surrogates."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if not secret:
+            continue
+        text = text.replace(secret, "***")
+        text = text.replace(repr(secret)[1:-1], "***")
+    # PostgreSQL refuses NUL in text and no driver can encode a lone surrogate.
+    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?" for c in text)

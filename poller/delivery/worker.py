@@ -173,21 +173,21 @@ class DeliveryWorker:
         attempt_no = claim.attempts + 1
         log = self._log.bind(webhook=target.name, event_id=claim.event_id, attempt=attempt_no)
         try:
-            attempt = await self._sender.send(target, claim.event_id, claim.body.encode())
+            attempt = await self._sender.send(target, claim.event_id, claim.body)
             now = utcnow()
             retry_at: dt.datetime | None = None
             if attempt.ok:
                 outcome = AttemptOutcome.DELIVERED
             else:
-                delay = self._policy.delay_after(attempt_no, attempt.retry_after)
-                if delay is not None:
-                    retry_at = now + dt.timedelta(seconds=delay)
+                retry_at = self._policy.retry_at(now, attempt_no, attempt.retry_after)
                 outcome = AttemptOutcome.DEAD if retry_at is None else AttemptOutcome.RETRY
             kept = await self._outcomes.submit(
                 AttemptRecord(claim, now, attempt.status, attempt.error, retry_at)
             )
         except Exception:
-            # Left claimed: the claim expires and another attempt follows.
+            # The attempt never raises, so the store failed to record it. Left claimed:
+            # the claim expires and another attempt follows (handed back at once, an
+            # outcome the store keeps refusing would be re-sent in a tight loop).
             log.exception("delivery_error")
             return
         if not kept:

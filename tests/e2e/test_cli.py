@@ -206,6 +206,14 @@ def _set(tables: dict[str, Any], dotted: str, value: Any) -> None:
         ("hms.app_secret_file", "/nonexistent/app-secret", "hms.app_secret_file", "cannot read"),
         ("rooms", ..., "rooms", "required"),
         ("store.url", "mysql://u:" + DB_PASSWORD + "@h/db", "store.url", "driver"),
+        # issue #10: each of these passed check-config and failed at run time
+        ("poll.interval", "100000000h", "poll.interval", "at most 24h"),
+        ("delivery.retry_schedule", ["100000000h"], "delivery.retry_schedule[0]", "720h (30 days)"),
+        ("webhooks[0].headers", {"X-Api-Key": HEADER_VALUE + "\x01"}, "X-Api-Key", "U+0001"),
+        ("webhooks[0].url", f"https://{'h' * 64}.example.com/x", "webhooks[0].url", "63"),
+        ("rooms[0].id", "r" * 300, "rooms[0].id", "at most 255 characters"),
+        ("webhooks[0].name", "w" * 70, "webhooks[0].name", "at most 64 characters"),
+        ("instance_id", "i" * 300, "instance_id", "at most 255 characters"),
     ],
 )
 def test_bad_config_exits_2_with_one_line_naming_file_key_and_problem(

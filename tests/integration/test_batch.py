@@ -103,6 +103,59 @@ async def test_a_failed_flush_fails_its_callers_only() -> None:
     assert await batcher.submit(1) == 1  # the next flush is unaffected
 
 
+class Recorded:
+    """A flush that refuses some items (the whole batch fails), recording every call."""
+
+    def __init__(self, refused: set[int]) -> None:
+        self.refused = refused
+        self.calls: list[list[int]] = []
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.calls.append(items)
+        bad = [i for i in items if i in self.refused]
+        if bad:
+            raise ValueError(f"refused {bad}")
+        return [i * 10 for i in items]
+
+
+async def settle(batcher: GroupCommit[int, int], items: range) -> list[int | BaseException]:
+    """Submit ``items`` while no flush runs, so that they go in one batch."""
+    return await asyncio.gather(*(batcher.submit(i) for i in items), return_exceptions=True)
+
+
+async def test_a_failed_batch_is_retried_item_by_item() -> None:
+    flush = Recorded(refused={2})
+    results = await settle(GroupCommit(flush), range(5))
+    assert results[:2] == [0, 10]
+    assert results[3:] == [30, 40]
+    assert isinstance(results[2], ValueError)
+    assert str(results[2]) == "refused [2]"  # its own write's error, not the batch's
+    assert flush.calls == [[0, 1, 2, 3, 4], [0], [1], [2], [3], [4]]
+
+
+async def test_a_bad_first_item_fails_only_itself() -> None:
+    flush = Recorded(refused={0})
+    results = await settle(GroupCommit(flush), range(4))
+    assert isinstance(results[0], ValueError)
+    assert results[1:] == [10, 20, 30]
+
+
+async def test_a_failing_store_costs_a_few_retries_not_one_per_item() -> None:
+    flush = Recorded(refused=set(range(100)))
+    results = await settle(GroupCommit(flush), range(100))
+    assert all(isinstance(r, ValueError) for r in results)
+    assert [len(call) for call in flush.calls] == [100, 1, 1]  # two probes, then given up
+    assert [str(r) for r in results[:2]] == ["refused [0]", "refused [1]"]
+    assert str(results[50]) == f"refused {list(range(100))}"  # the batch's own error
+
+
+async def test_a_lone_failed_item_is_not_retried() -> None:
+    flush = Recorded(refused={7})
+    with pytest.raises(ValueError, match=r"refused \[7\]"):
+        await GroupCommit(flush).submit(7)
+    assert flush.calls == [[7]]
+
+
 async def test_a_cancelled_caller_does_not_stop_the_write() -> None:
     written: list[int] = []
     gate = asyncio.Event()
@@ -156,6 +209,39 @@ async def test_update_rooms_equals_one_call_per_room(store: Store) -> None:
     assert states[rooms[5]]["lease_owner"] == "other"
 
 
+def refused_room_ids(store: Store) -> list[str]:
+    """Room ids the store's backend refuses (past the config's checks, which refuse them)."""
+    ids = ["room-\ud800"]  # no driver can encode a lone surrogate
+    if store.single_instance:
+        return ids
+    return [*ids, "r" * 300, "room-\x00"]  # PostgreSQL: varchar(255), no NUL in text
+
+
+async def test_a_room_the_store_refuses_fails_only_its_own_poll(store: Store) -> None:
+    calls: list[list[str]] = []
+
+    async def acquire(room_ids: list[str]) -> list[RoomLease | None]:
+        # As the poller's bookkeeping does: one update_rooms for every poll in flight.
+        calls.append(room_ids)
+        leases = await store.update_rooms(
+            acquire=[(r, True) for r in room_ids], ttl=TTL, cooldown=0.0, now=NOW
+        )
+        return [leases[r] for r in room_ids]
+
+    bad = refused_room_ids(store)
+    good = [f"room-{i}" for i in range(4)]
+    batcher = GroupCommit(acquire)
+    submitted = [good[0], *bad[:1], good[1], *bad[1:], *good[2:]]
+    results = await asyncio.gather(*(batcher.submit(r) for r in submitted), return_exceptions=True)
+    assert calls[0] == submitted  # one batch, then each room alone
+    outcome = dict(zip(submitted, results, strict=True))
+    assert all(isinstance(outcome[r], Exception) for r in bad)
+    assert all(outcome[r] == RoomLease(r, None) for r in good)
+    states = {s["id"]: s for s in await store.room_states()}
+    assert sorted(states) == sorted(good)
+    assert all(states[r]["lease_owner"] == store.instance_id for r in good)
+
+
 # --- Store.record_attempts ---------------------------------------------------------------
 
 
@@ -190,6 +276,28 @@ async def test_record_attempts_equals_one_call_per_attempt(store: Store) -> None
     )
     assert r3["delivered_at"] is None
     assert (r4["state"], r4["delivered_at"]) == ("delivered", t[4])
+
+
+async def test_an_outcome_the_store_refuses_fails_only_its_own_delivery(store: Store) -> None:
+    await seed(store, 4)
+    claims = await store.claim("h", 4, ttl=TTL, now=NOW)
+    done = NOW + seconds(1)
+    # As the delivery worker does: one record_attempts for every outcome meanwhile. The
+    # sender makes every error storable; this one is injected past it.
+    refused = "HTTP 500 \ud800" if store.single_instance else "HTTP 500 \x00"
+    records = [
+        AttemptRecord(claims[0], done, 204),
+        AttemptRecord(claims[1], done, 500, refused, None),
+        AttemptRecord(claims[2], done, 500, "HTTP 500", None),
+        AttemptRecord(claims[3], done, 204),
+    ]
+    batcher = GroupCommit(store.record_attempts)
+    results = await asyncio.gather(*(batcher.submit(r) for r in records), return_exceptions=True)
+    assert [results[0], results[2], results[3]] == [True, True, True]
+    assert isinstance(results[1], Exception)
+    r0, r1, r2, r3 = [await row(store, c.delivery_id) for c in claims]
+    assert (r0["state"], r2["state"], r3["state"]) == ("delivered", "dead", "delivered")
+    assert (r1["state"], r1["attempts"], r1["claimed_by"]) == ("pending", 0, "test-instance")
 
 
 async def test_record_attempts_twice_in_one_batch_counts_once(store: Store) -> None:

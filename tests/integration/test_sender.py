@@ -17,7 +17,7 @@ from standardwebhooks import Webhook
 
 from poller import __version__
 from poller.config import Secret, WebhookConfig
-from poller.delivery.sender import Attempt, Sender, Target
+from poller.delivery.sender import Attempt, Sender, Target, redacted
 from poller.receiver import Receiver
 from tests.conftest import make_secret
 
@@ -300,6 +300,27 @@ async def test_hanging_receiver_times_out(
     assert_clean(attempt)
 
 
+async def test_a_cancelled_attempt_is_cancelled_not_failed(
+    serve: Serve, sender: Sender, release: asyncio.Event
+) -> None:
+    # Not an outcome: the worker hands the claim back (an attempt was not made).
+    arrived = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hang", handler)
+    base = await serve(app)
+    attempt = asyncio.create_task(sender.send(target(f"{base}/hang"), "m", BODY))
+    await asyncio.wait_for(arrived.wait(), 5.0)
+    attempt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+
+
 async def test_connection_refused(sender: Sender) -> None:
     port = closed_port()
     hook = target(f"http://127.0.0.1:{port}/hooks/private/path?token={TOKEN}")
@@ -318,6 +339,48 @@ async def test_unresolvable_host(sender: Sender) -> None:
     assert attempt.error is not None
     assert attempt.error.startswith("connection failed")
     assert_clean(attempt)
+
+
+@pytest.mark.parametrize(
+    ("url_of", "headers", "expected"),
+    [
+        pytest.param(
+            lambda base: f"{base}/hooks/all?token={TOKEN}",
+            (("X-Api-Key", f"{TOKEN}\x01"),),
+            "request failed: ValueError: Forbidden control character",
+            id="header-control-character",
+        ),
+        pytest.param(
+            lambda base: f"http://{'a' * 64}.example.com/hooks/all?token={TOKEN}",
+            (),
+            "request failed: UnicodeError:",
+            id="host-label-over-63",
+        ),
+    ],
+)
+async def test_a_request_that_cannot_be_built_is_a_failed_attempt(
+    url_of: Callable[[str], str],
+    headers: tuple[tuple[str, str], ...],
+    expected: str,
+    receiver: Receiver,
+    sender: Sender,
+) -> None:
+    base = receiver.url("all").rsplit("/", 1)[0]
+    attempt = await sender.send(target(url_of(base), headers=headers), "m", BODY)
+    assert (attempt.ok, attempt.status) == (False, None)
+    assert attempt.error is not None
+    assert attempt.error.startswith(expected)
+    assert_clean(attempt)
+    assert receiver.received == []
+
+
+async def test_a_str_body_is_sent_as_utf8(receiver: Receiver, sender: Sender) -> None:
+    attempt = await sender.send(
+        target(receiver.url("all"), receiver.secrets["all"]), "m", BODY.decode()
+    )
+    assert attempt.ok
+    (got,) = receiver.received
+    assert (got.body, got.valid) == (BODY, True)
 
 
 @pytest.mark.parametrize(
@@ -440,3 +503,18 @@ async def test_query_token_never_in_errors(
     for attempt in attempts:
         assert not attempt.ok
         assert_clean(attempt)
+
+
+def test_unexpected_errors_are_redacted_and_storable() -> None:
+    hook = target(
+        f"http://user:pw-{TOKEN}@example.com/hooks/p%41th?token={TOKEN}#frag",
+        headers=(("X-Api-Key", "key\x01value"),),
+    )
+    message = (
+        f"bad {hook.url} path /hooks/pAth query token={TOKEN} header {'key' + chr(1) + 'value'!r}"
+        " nul\x00 surrogate\ud800"
+    )
+    text = redacted(message, hook.private_values())
+    for leaked in (TOKEN, "pAth", "p%41th", "key", "frag", "\x00", "\ud800"):
+        assert leaked not in text
+    assert text.startswith("bad *** path *** query *** header '***' nul? surrogate?")

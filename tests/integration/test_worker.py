@@ -19,10 +19,11 @@ from sqlalchemy import select
 
 from poller import __version__
 from poller.config import Secret, WebhookConfig
-from poller.delivery.retry import RetryPolicy
+from poller.delivery.retry import MAX_DELAY, RetryPolicy
 from poller.delivery.sender import Attempt, Sender, Target
 from poller.delivery.worker import DeliveryWorker
 from poller.events import Event
+from poller.metrics import Metrics
 from poller.receiver import Receiver
 from poller.store.models import deliveries
 from poller.store.repo import Claim, Store
@@ -58,6 +59,7 @@ def hook(
     *,
     max_concurrency: int = 4,
     event_types: set[str] | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> WebhookConfig:
     return WebhookConfig(
         name=name,
@@ -65,7 +67,7 @@ def hook(
         secret=Secret(secret or make_secret()),
         event_types=None if event_types is None else frozenset(event_types),
         rooms=None,
-        headers=(),
+        headers=headers,
         max_concurrency=max_concurrency,
     )
 
@@ -250,6 +252,7 @@ def make_worker(store: Store, session: aiohttp.ClientSession, outcomes: Outcomes
         timeout: float = 5.0,
         claim_ttl: float = 30.0,
         on_store: Store | None = None,
+        on_attempt: Callable[[Target, Claim, Attempt, Any], None] | None = None,
     ) -> DeliveryWorker:
         return DeliveryWorker(
             on_store or store,
@@ -258,7 +261,7 @@ def make_worker(store: Store, session: aiohttp.ClientSession, outcomes: Outcomes
             RetryPolicy(schedule, rng=random.Random(0)),
             claim_ttl=claim_ttl,
             idle_wait=idle_wait,
-            on_attempt=outcomes,
+            on_attempt=on_attempt or outcomes,
         )
 
     return make
@@ -595,3 +598,96 @@ async def test_lost_claim_is_reported_and_not_overwritten(
     assert [o.outcome for o in outcomes.items] == ["claim_lost"]
     (row,) = await rows(store)
     assert (row["state"], row["attempts"], row["last_status"]) == ("delivered", 1, 200)
+
+
+# --- every attempt ends: values the loader refuses, injected past it -----------------------
+
+
+@dataclass
+class Counted:
+    """Workers whose attempts the test observes and metrics count, as in the daemon."""
+
+    make_worker: MakeWorker
+    outcomes: Outcomes
+    metrics: Metrics
+
+    def worker(
+        self, hooks: Sequence[WebhookConfig], *, schedule: tuple[float, ...]
+    ) -> DeliveryWorker:
+        def on_attempt(target: Target, claim: Claim, attempt: Attempt, outcome: Any) -> None:
+            self.metrics.observe_attempt(target, claim, attempt, outcome)
+            self.outcomes(target, claim, attempt, outcome)
+
+        return self.make_worker(hooks, schedule=schedule, on_attempt=on_attempt)
+
+    def count(self, webhook: str, outcome: str) -> float:
+        """poller_delivery_attempts_total for this webhook and outcome."""
+        value = self.metrics.registry.get_sample_value(
+            "poller_delivery_attempts_total", {"webhook": webhook, "outcome": outcome}
+        )
+        return value or 0.0
+
+
+@pytest.fixture
+def counted(make_worker: MakeWorker, outcomes: Outcomes) -> Counted:
+    return Counted(make_worker, outcomes, Metrics(instance="test", version=__version__))
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_error"),
+    [
+        ("header-control-character", "ValueError: Forbidden control character"),
+        ("host-label-over-63", "label empty or too long"),
+    ],
+)
+async def test_an_attempt_that_cannot_be_sent_fails_and_goes_dead(
+    case: str, expected_error: str, store: Store, receiver: Receiver, counted: Counted
+) -> None:
+    headers: tuple[tuple[str, str], ...] = ()
+    url = receiver.url("all") + "?token=tok-S3CR3T"
+    if case == "header-control-character":
+        headers = (("X-Api-Key", "key-S3CR3T\x01"),)
+    else:
+        port = url.rsplit(":", 1)[1]
+        url = f"http://{'a' * 64}.localhost:{port}"
+    hooks = [hook("all", url, receiver.secrets["all"], headers=headers)]
+    await seed(store, hooks, 1)
+    schedule = (0.02, 0.02)
+    worker, outcomes = counted.worker(hooks, schedule=schedule), counted.outcomes
+    async with running(worker):
+        await outcomes.wait_for(lambda: bool(outcomes.of("all", "dead")))
+    assert [o.outcome for o in outcomes.items] == ["retry"] * len(schedule) + ["dead"]
+    assert receiver.received == []  # nothing was sent: the request could not be built
+    (row,) = await rows(store)
+    assert (row["state"], row["attempts"], row["claimed_by"]) == ("dead", 3, None)
+    assert row["last_status"] is None
+    assert expected_error in row["last_error"]
+    assert "\n" not in row["last_error"]
+    assert "S3CR3T" not in row["last_error"]
+    assert counted.count("all", "retry") == len(schedule)
+    assert counted.count("all", "dead") == 1
+
+
+async def test_a_retry_delay_past_the_calendar_is_capped_and_the_delivery_still_dies(
+    store: Store, receiver: Receiver, counted: Counted
+) -> None:
+    hooks = [hook("all", receiver.url("all"), receiver.secrets["all"])]
+    await seed(store, hooks, 1)
+    receiver.fail("all", times=None, status=503)
+    # "100000000h": now + that overflowed the date and left the row claimed forever.
+    worker, outcomes = counted.worker(hooks, schedule=(100_000_000 * 3600.0,)), counted.outcomes
+    async with running(worker):
+        await outcomes.wait_for(lambda: bool(outcomes.of("all", "retry")))
+        (row,) = await rows(store)
+        assert (row["state"], row["attempts"], row["claimed_by"]) == ("pending", 1, None)
+        wait = (row["next_attempt_at"] - row["last_attempt_at"]).total_seconds()
+        assert MAX_DELAY * 0.9 <= wait <= MAX_DELAY * 1.1
+        await elapse(engine_of(store), MAX_DELAY * 1.2)  # the capped retry falls due
+        worker.wake()
+        await outcomes.wait_for(lambda: bool(outcomes.of("all", "dead")))
+    assert [o.outcome for o in outcomes.items] == ["retry", "dead"]
+    assert len(receiver.received) == 2
+    (row,) = await rows(store)
+    assert (row["state"], row["attempts"], row["last_error"]) == ("dead", 2, "HTTP 503")
+    assert counted.count("all", "retry") == 1
+    assert counted.count("all", "dead") == 1

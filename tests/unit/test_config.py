@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import math
 import re
 import subprocess
@@ -30,8 +31,10 @@ from poller.config import (
     parse_duration,
     resolve_config_path,
 )
+from poller.config.values import stored_length
 from poller.errors import ConfigError
 from poller.signing import InvalidSecret, SigningKey
+from poller.store.models import deliveries, events, instances, rooms
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"another-webhook-key-of-32-bytes!").decode()
@@ -378,6 +381,87 @@ def test_parse_duration_rejects(value: object, problem: str) -> None:
 def test_format_duration_round_trips(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
+
+
+def test_every_duration_may_reach_its_bound(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        toml(
+            top='shutdown_grace = "1h"',
+            hms=HMS + 'request_timeout = "1h"\n',
+            tables=(
+                '[poll]\ninterval = "24h"\nlease_ttl = "168h"\n'
+                '[delivery]\ntimeout = "1h"\nretry_schedule = ["0s", "720h"]\n'
+            ),
+        ),
+    )
+    assert (config.shutdown_grace, config.hms.request_timeout) == (3600, 3600)
+    assert (config.poll.interval, config.poll.lease_ttl) == (86400, 7 * 86400)
+    assert (config.delivery.timeout, config.delivery.retry_schedule) == (3600, (0, 30 * 86400))
+
+
+# --- values the store keeps, hosts, headers ----------------------------------------------------
+
+
+def test_store_bound_strings_may_fill_their_columns(tmp_path: Path) -> None:
+    room, name, instance = "r" * 255, "w" * 64, "i" * 255
+    config = load(
+        tmp_path,
+        toml(
+            top=f'instance_id = "{instance}"',
+            rooms=f'[[rooms]]\nid = "{room}"\n',
+            webhooks=WEBHOOK.replace('name = "recordings"', f'name = "{name}"'),
+        ),
+    )
+    assert (config.rooms[0].id, config.webhooks[0].name, config.instance_id) == (
+        room,
+        name,
+        instance,
+    )
+
+
+def test_store_bounds_are_the_models_column_lengths() -> None:
+    # One source of truth: a migration that widens a column widens what the config takes.
+    assert stored_length("rooms.id", "events.room_id") == rooms.c.id.type.length == 255
+    assert stored_length("deliveries.webhook") == deliveries.c.webhook.type.length == 64
+    assert stored_length("instances.id", "rooms.lease_owner", "deliveries.claimed_by") == min(
+        instances.c.id.type.length, rooms.c.lease_owner.type.length
+    )
+    assert stored_length("events.type") == events.c.type.type.length
+    with pytest.raises(TypeError, match="not a column of bounded length"):
+        stored_length("events.body")
+
+
+def test_config_does_not_import_the_store_until_it_loads() -> None:
+    # `poller --help` and `config-schema` need no SQLAlchemy (a fifth of a second).
+    code = "import sys, poller.cli; print('sqlalchemy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://my_receiver:8080/hook",  # Docker service names
+        "https://exämple.com/hook",
+        "https://a_b.exämple.com/hook",
+        "https://☃.net/hook",  # IDNA 2003, as the HTTP client encodes it
+        "https://example.com./hook",
+        f"https://{'a' * 63}.example.com/hook",
+        "http://127.0.0.1:8080/hook",
+        "http://[::1]:8080/hook",
+    ],
+)
+def test_hosts_the_http_client_can_reach_are_accepted(tmp_path: Path, url: str) -> None:
+    config = load(tmp_path, toml(webhooks=WEBHOOK.replace("https://example.com/hook", url)))
+    assert config.webhooks[0].url == url
+
+
+@pytest.mark.parametrize("value", ["", "a b\tc", "Bearer x.y-z~", "Café ☕", "!#$%&'*+"])
+def test_header_values_within_rfc_9110_are_accepted(tmp_path: Path, value: str) -> None:
+    headers = f"headers = {{ X-Api = {json.dumps(value, ensure_ascii=True)} }}\n"
+    config = load(tmp_path, toml(webhooks=WEBHOOK + headers))
+    assert config.webhooks[0].headers == (("X-Api", value),)
 
 
 # --- config path -------------------------------------------------------------------------
@@ -878,6 +962,147 @@ ERROR_CASES = [
         "expected a string, got an array",
         id="header-value-array",
     ),
+    # header values: RFC 9110 field values
+    *(
+        pytest.param(
+            toml(webhooks=WEBHOOK + f'headers = {{ "X-Api" = "{value}" }}\n'),
+            "webhooks[0].headers.X-Api",
+            problem,
+            id=f"header-value-{case}",
+        )
+        for case, value, problem in (
+            ("control", f"{HEADER_VALUE}\\u0001", "U+0001 at position 16 is not one"),
+            ("del", f"{HEADER_VALUE}\\u007f", "U+007F"),
+            ("c1-control", f"{HEADER_VALUE}\\u0085", "U+0085"),
+            ("zero-width-space", f"{HEADER_VALUE}\\u200b", "U+200B"),
+            ("leading-space", f" {HEADER_VALUE}", "must not begin or end with a space or tab"),
+            ("trailing-tab", f"{HEADER_VALUE}\\t", "must not begin or end with a space or tab"),
+            ("nul", f"{HEADER_VALUE}\\u0000", "must not contain CR, LF or NUL"),
+        )
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + f'headers = {{ "Host" = "{HEADER_VALUE}" }}\n'),
+        "webhooks[0].headers.Host",
+        "is set by poller itself",
+        id="forbidden-header-host",
+    ),
+    # host names, as the resolver would take them at the first delivery
+    *(
+        pytest.param(
+            toml(webhooks=WEBHOOK.replace("https://example.com/hook", url)),
+            "webhooks[0].url",
+            problem,
+            id=f"webhook-url-{case}",
+        )
+        for case, url, problem in (
+            (
+                "label-over-63",
+                f"https://{'a' * 64}.example.com/hook",
+                "host name label 1 is 64 characters long in ASCII; at most 63 are allowed",
+            ),
+            (
+                "idna-label-over-63",
+                f"https://{'ä' * 60}.example.com/hook",
+                "not a valid internationalized domain name (IDNA: Label too long)",
+            ),
+            (
+                "name-over-253",
+                "https://" + ("a" * 60 + ".") * 5 + "com/hook",
+                "host name is 308 characters long in ASCII; at most 253 are allowed",
+            ),
+            ("empty-label", "https://example..com/hook", "empty label"),
+            ("bad-character", "https://exa!mple.com/hook", "may only hold letters, digits"),
+            ("port-0", "https://example.com:0/hook", "valid port (1 to 65535)"),
+        )
+    ),
+    pytest.param(
+        toml(hms=HMS + f'base_url = "https://{"b" * 64}.100ms.live/v2"\n'),
+        "hms.base_url",
+        "at most 63 are allowed",
+        id="base-url-label-over-63",
+    ),
+    # durations: bounded, and the message says the range
+    *(
+        pytest.param(
+            toml(top=top, tables=tables),
+            key,
+            problem,
+            id=f"duration-{key}",
+        )
+        for top, tables, key, problem in (
+            (
+                "",
+                '[poll]\ninterval = "100000000h"\n',
+                "poll.interval",
+                "must be greater than 0 and at most 24h, got '100000000h'",
+            ),
+            ("", "[poll]\ninterval = 1e12\n", "poll.interval", "at most 24h, got 1000000000000.0"),
+            ("", "[poll]\ninterval = 0\n", "poll.interval", "greater than 0 and at most 24h"),
+            (
+                "",
+                '[poll]\nlease_ttl = "169h"\n',
+                "poll.lease_ttl",
+                "greater than 0 and at most 168h (7 days), got '169h'",
+            ),
+            (
+                "",
+                '[delivery]\nretry_schedule = ["5s", "100000000h"]\n',
+                "delivery.retry_schedule[1]",
+                "must be from 0s to 720h (30 days), got '100000000h'",
+            ),
+            ("", '[delivery]\ntimeout = "61m"\n', "delivery.timeout", "at most 1h, got '61m'"),
+            ('shutdown_grace = "2h"', "", "shutdown_grace", "must be from 0s to 1h, got '2h'"),
+        )
+    ),
+    pytest.param(
+        toml(hms=HMS + 'request_timeout = "2h"\n'),
+        "hms.request_timeout",
+        "greater than 0 and at most 1h, got '2h'",
+        id="duration-hms.request_timeout",
+    ),
+    # values the store keeps: no longer than its columns, and text every backend holds
+    pytest.param(
+        toml(rooms=f'[[rooms]]\nid = "{"r" * 256}"\n'),
+        "rooms[0].id",
+        "must be at most 255 characters (the store keeps it in rooms.id), got 256",
+        id="room-id-too-long",
+    ),
+    pytest.param(
+        toml(rooms='[[rooms]]\nid = "room\\u0000a"\n'),
+        "rooms[0].id",
+        "must not contain NUL characters",
+        id="room-id-nul",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK.replace('name = "recordings"', f'name = "{"w" * 65}"')),
+        "webhooks[0].name",
+        "must be at most 64 characters (the store keeps it in deliveries.webhook), got 65",
+        id="webhook-name-too-long",
+    ),
+    pytest.param(
+        toml(top=f'instance_id = "{"i" * 256}"'),
+        "instance_id",
+        "must be at most 255 characters (the store keeps it in instances.id), got 256",
+        id="instance-id-too-long",
+    ),
+    pytest.param(
+        toml(top='instance_id = "host\\u0000"'),
+        "instance_id",
+        "must not contain NUL characters",
+        id="instance-id-nul",
+    ),
+    pytest.param(
+        toml(hms=HMS + f'event_types = ["{"t" * 256}"]\n'),
+        "hms.event_types[0]",
+        "must be at most 255 characters (the store keeps it in events.type)",
+        id="event-type-too-long",
+    ),
+    pytest.param(
+        toml(hms=HMS.replace(APP_SECRET, APP_SECRET + "\\u0000")),
+        "hms.app_secret",
+        "must not contain NUL characters",
+        id="secret-nul",
+    ),
     pytest.param(
         toml(webhooks=WEBHOOK + "max_concurency = 3\n"),
         "webhooks[0].max_concurency",
@@ -1102,6 +1327,23 @@ def test_webhook_env_secret_and_inline_is_an_error(tmp_path: Path) -> None:
         error
     )
     assert_no_secret(str(error))
+
+
+def test_a_secret_from_the_environment_must_be_text(tmp_path: Path) -> None:
+    # os.environ decodes bytes that are not UTF-8 as lone surrogates.
+    environ = {"POLLER_HMS_APP_SECRET": APP_SECRET + "\udcff"}
+    error = load_error(tmp_path, toml(hms='[hms]\naccess_key = "ak-1"\n'), environ)
+    assert error.key == "hms.app_secret"
+    assert error.problem.startswith("$POLLER_HMS_APP_SECRET must be valid Unicode text")
+    assert_no_secret(str(error))
+
+
+def test_a_secret_file_must_not_hold_nul(tmp_path: Path) -> None:
+    write(tmp_path, f"{APP_SECRET}\0\n", "app_secret")
+    hms = '[hms]\naccess_key = "ak-1"\napp_secret_file = "app_secret"\n'
+    error = load_error(tmp_path, toml(hms=hms))
+    assert error.key == "hms.app_secret_file"
+    assert error.problem == f"{tmp_path / 'app_secret'} must not contain NUL characters"
 
 
 # --- the webhook's signing key -----------------------------------------------------------

@@ -80,12 +80,19 @@ def test_duration_is_a_number_or_a_string_with_a_unit(
         '[delivery]\nretry_schedule = ["5s", "soon"]\n',
         '[log]\nlevel = "verbose"\n',
         '[store]\nurl = "mysql://db/poller"\n',
+        "[poll]\ninterval = 86401\n",  # past its bound (a string's bound is the loader's)
+        "[delivery]\nretry_schedule = [2592001]\n",
     ],
 )
 def test_what_the_loader_rejects_by_shape_fails(
     validator: jsonschema.Draft202012Validator, tables: str
 ) -> None:
     assert problems(validator, toml(tables=tables))
+
+
+def test_strings_the_store_keeps_are_bounded(validator: jsonschema.Draft202012Validator) -> None:
+    (problem,) = problems(validator, toml(top='instance_id = "' + "i" * 256 + '"'))
+    assert "is too long" in problem
 
 
 def test_webhook_values_are_checked(validator: jsonschema.Draft202012Validator) -> None:
@@ -95,6 +102,8 @@ def test_webhook_values_are_checked(validator: jsonschema.Draft202012Validator) 
         '[[webhooks]]\nname = "a"\nurl = "https://x"\nheaders = { "X Api" = "1" }\n',
         '[[webhooks]]\nname = "a"\nurl = "https://x"\nrooms = []\n',
         '[[webhooks]]\nurl = "https://x"\n',
+        '[[webhooks]]\nname = "' + "w" * 65 + '"\nurl = "https://x"\n',
+        '[[webhooks]]\nname = "a"\nurl = "https://x"\nheaders = { "X-Api" = "a\\u0001" }\n',
     ):
         assert problems(validator, toml(webhooks=webhook)), webhook
 

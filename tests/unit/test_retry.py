@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import random
 
 import pytest
 
-from poller.delivery.retry import RETRY_AFTER_MAX, RetryPolicy
+from poller.delivery.retry import MAX_DELAY, RETRY_AFTER_MAX, RetryPolicy
 
 
 def attempts_until_dead(policy: RetryPolicy) -> int:
@@ -108,3 +110,26 @@ def test_policy_is_a_frozen_value() -> None:
         policy.schedule = (2.0,)  # type: ignore[misc]
     # The rng is not part of the value.
     assert RetryPolicy((1.0,), rng=random.Random(1)) == RetryPolicy((1.0,), rng=random.Random(2))
+
+
+@pytest.mark.parametrize("entry", [MAX_DELAY * 10, 100_000_000 * 3600.0, math.inf, math.nan])
+def test_a_delay_past_the_maximum_is_capped(entry: float) -> None:
+    policy = RetryPolicy((entry,), jitter=0.0)
+    assert policy.delay_after(1) == MAX_DELAY
+
+
+def test_a_negative_delay_is_no_delay() -> None:
+    assert RetryPolicy((-5.0,), jitter=0.0).delay_after(1) == 0.0
+
+
+def test_retry_at_is_now_plus_the_delay() -> None:
+    now = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+    policy = RetryPolicy((30.0,), jitter=0.0)
+    assert policy.retry_at(now, 1) == now + dt.timedelta(seconds=30)
+    assert policy.retry_at(now, 2) is None
+
+
+def test_retry_at_never_raises_at_the_end_of_the_calendar() -> None:
+    near_the_end = dt.datetime.max.replace(tzinfo=dt.UTC) - dt.timedelta(days=1)
+    policy = RetryPolicy((MAX_DELAY,), jitter=0.0)
+    assert policy.retry_at(near_the_end, 1) == dt.datetime.max.replace(tzinfo=dt.UTC)
