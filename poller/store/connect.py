@@ -7,9 +7,8 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from poller.errors import StoreError
 from poller.store.db import create_engine, migrate
-from poller.store.repo import Store, describe_store_error
+from poller.store.repo import Store, store_error
 
 __all__ = ["open_store"]
 
@@ -25,7 +24,7 @@ async def open_store(
     try:
         engine = create_engine(url)
     except (SQLAlchemyError, OSError, ValueError) as exc:
-        raise StoreError(describe_store_error(exc)) from None
+        raise store_error(exc) from None
     store = Store(engine, instance_id=instance_id)
     try:
         try:
@@ -35,7 +34,7 @@ async def open_store(
                 async with engine.connect():
                     pass
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(describe_store_error(exc)) from None
+            raise store_error(exc) from None
         yield store
     finally:
         await store.close(close_timeout)
