@@ -25,7 +25,7 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 
 def _configure_logs(config: Config) -> None:
     from poller import log
-    from poller.parts import secrets_of
+    from poller.redaction import secrets_of
 
     log.configure(config.log.level, config.log.format, secrets=secrets_of(config))
 
