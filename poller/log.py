@@ -84,9 +84,11 @@ def configure(
         logging.getLogger(name).setLevel(max(levelno, logging.WARNING))
     for name in _LATENESS_LOGGERS:
         logging.getLogger(name).setLevel(max(levelno, logging.ERROR))
-    # Why: Python writes an uncaught exception's traceback straight to stderr, past the
-    # redactor; a bug's traceback can quote a secret as well as a log line can.
+    # Why: Python writes an uncaught exception's traceback and a warning straight to
+    # stderr, past the redactor (and as lines that are not JSON); either can quote a
+    # secret as well as a log line can.
     sys.excepthook = _log_uncaught
+    logging.captureWarnings(True)
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
