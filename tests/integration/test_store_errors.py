@@ -5,11 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import logging
 import re
-import sys
 import traceback
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -26,6 +23,8 @@ ROOM = "639924066893d18d47c86935"
 # hidden parameters and an unchained error keep it out (the redactor cannot know it).
 MARKER = "XAmzSignature7f3a9c"
 
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
 
 def marked_event() -> Event:
     event_id, kind, timestamp = (
@@ -36,15 +35,6 @@ def marked_event() -> Event:
     url = f"https://s3/x.mp4?X-Amz-Signature={MARKER}"
     body = {"id": event_id, "type": kind, "data": {"recording_presigned_url": url}}
     return Event(event_id, kind, timestamp, ROOM, json.dumps(body, separators=(",", ":")))
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
-    yield
-    root.handlers, root.level, sys.excepthook = handlers, level, hook
-    structlog.reset_defaults()
 
 
 async def refused(store: Store) -> StoreError:

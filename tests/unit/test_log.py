@@ -6,21 +6,15 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable
 
 import pytest
 import structlog
 
 from poller import log
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
-    yield
-    root.handlers, root.level, sys.excepthook = handlers, level, hook
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -134,17 +128,23 @@ def assert_no_secret(text: str) -> None:
             assert spelling not in text, f"{spelling!r} in:\n{text}"
 
 
-@pytest.mark.parametrize("fmt", ["json", "console"])
-def test_a_secret_in_a_logged_exception_is_masked_in_message_and_traceback(fmt: str) -> None:
+def log_leaky(fmt: str, report: Callable[[LeakyError], None]) -> io.StringIO:
+    """Configure logging with SECRETS, raise a LeakyError and let ``report`` log it."""
     out = io.StringIO()
     log.configure("info", fmt, stream=out, secrets=SECRETS)
     try:
         raise_leaky()
-    except LeakyError:
-        structlog.get_logger("poller.test").exception("failed", room_id="r1")
+    except LeakyError as exc:
+        report(exc)
+    assert_no_secret(out.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_secret_in_a_logged_exception_is_masked_in_message_and_traceback(fmt: str) -> None:
+    out = log_leaky(fmt, lambda _: structlog.get_logger("poller.test").exception("failed"))
 
     text = out.getvalue()
-    assert_no_secret(text)
     assert "LeakyError" in text
     assert "rejected ***" in text
     assert "raise_leaky" in text  # the traceback is there, only masked
@@ -155,35 +155,32 @@ def test_a_secret_in_a_logged_exception_is_masked_in_message_and_traceback(fmt: 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_a_secret_in_a_stdlib_record_and_its_traceback_is_masked(fmt: str) -> None:
-    out = io.StringIO()
-    log.configure("info", fmt, stream=out, secrets=SECRETS)
-    try:
-        raise_leaky()
-    except LeakyError:
+    def report(_: LeakyError) -> None:
         logging.getLogger("aiohttp.client").exception("request to %s failed", SECRETS[2])
-    logging.getLogger("asyncio").error("Task exception was never retrieved: %r", SECRETS)
+        logging.getLogger("asyncio").error("Task exception was never retrieved: %r", SECRETS)
 
-    text = out.getvalue()
-    assert_no_secret(text)
-    assert "LeakyError" in text
-    assert "request to *** failed" in text
+    out = log_leaky(fmt, report)
+
+    assert "LeakyError" in out.getvalue()
+    assert "request to *** failed" in out.getvalue()
     if fmt == "json":
         assert len(lines(out)) == 2
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_an_uncaught_exception_is_logged_masked_instead_of_printed(fmt: str) -> None:
-    out = io.StringIO()
-    log.configure("info", fmt, stream=out, secrets=SECRETS)
-    try:
-        raise_leaky()
-    except LeakyError as exc:
-        sys.excepthook(type(exc), exc, exc.__traceback__)
+    out = log_leaky(fmt, lambda exc: sys.excepthook(type(exc), exc, exc.__traceback__))
 
-    text = out.getvalue()
-    assert_no_secret(text)
-    assert "uncaught_exception" in text
-    assert "rejected ***" in text
+    assert "uncaught_exception" in out.getvalue()
+    assert "rejected ***" in out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_warning_is_logged_masked_instead_of_printed(fmt: str) -> None:
+    out = log_leaky(fmt, lambda _: warnings.warn(f"weak key {SECRETS[0]}", stacklevel=1))
+
+    assert "weak key ***" in out.getvalue()
+    assert "py.warnings" in out.getvalue()
 
 
 def test_a_secret_in_a_value_of_any_type_is_masked() -> None:
