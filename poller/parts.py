@@ -143,6 +143,7 @@ def build(config: Config, store: Store) -> Parts:
             max_page_events=config.poll.max_page_events,
         ),
         on_response=metrics.observe_api,
+        redact=redactor_of(config),
     )
     worker = DeliveryWorker(
         store,
