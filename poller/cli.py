@@ -25,9 +25,20 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 
 def _configure_logs(config: Config) -> None:
     from poller import log
-    from poller.parts import secrets_of
+    from poller.redaction import secrets_of
 
     log.configure(config.log.level, config.log.format, secrets=secrets_of(config))
+
+
+def _show(config: Config, text: str) -> None:
+    """Print ``text`` for the operator, every configured secret masked.
+
+    Why even reports: they quote what the store holds (a room's last error comes
+    from the API, a delivery's from the receiver), and either may echo a secret.
+    """
+    from poller.redaction import redactor_of
+
+    print(redactor_of(config)(text))
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
@@ -67,7 +78,7 @@ def _exit_now() -> None:
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     """Validate the config and print a summary with secrets masked."""
-    print(describe(config))
+    _show(config, describe(config))
     print("config OK")
     return 0
 
@@ -89,7 +100,7 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
     _configure_logs(config)
     revision = asyncio.run(migrate())
-    print(f"store {config.store.masked_url()} is at schema revision {revision}")
+    _show(config, f"store {config.store.masked_url()} is at schema revision {revision}")
     return 0
 
 
@@ -98,7 +109,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from poller import report
 
     _configure_logs(config)
-    print(asyncio.run(report.status(config)))
+    _show(config, asyncio.run(report.status(config)))
     return 0
 
 
@@ -108,13 +119,12 @@ def cmd_deliveries(args: argparse.Namespace, config: Config) -> int:
 
     _configure_logs(config)
     if args.action == "retry":
-        print(asyncio.run(report.retry(config, ids=args.id, webhook=args.webhook)))
+        _show(config, asyncio.run(report.retry(config, ids=args.id, webhook=args.webhook)))
     else:
-        print(
-            asyncio.run(
-                report.deliveries(config, state=args.state, webhook=args.webhook, limit=args.limit)
-            )
+        listing = report.deliveries(
+            config, state=args.state, webhook=args.webhook, limit=args.limit
         )
+        _show(config, asyncio.run(listing))
     return 0
 
 
@@ -200,6 +210,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Entry point of the ``poller`` console script."""
     env = os.environ if environ is None else environ
     args = build_parser().parse_args(argv)
+    config: Config | None = None
     try:
         if args.command == "demo":
             from poller.demo import run_demo
@@ -208,9 +219,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "config-schema":
             return cmd_config_schema()
         handler: Handler = args.handler
-        return handler(args, _config(args, env))
+        config = _config(args, env)
+        return handler(args, config)
     except UserError as exc:
-        print(f"poller: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if config is not None:
+            from poller.redaction import redactor_of
+
+            message = redactor_of(config)(message)
+        print(f"poller: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

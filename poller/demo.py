@@ -12,9 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
-from poller import app, log, parts
+from poller import app, log
 from poller.config import load_config
 from poller.receiver import Received, Receiver
+from poller.redaction import secrets_of
 from poller.simulator import Simulator
 
 ROOMS = ("demo-room-a", "demo-room-b", "demo-room-c")
@@ -89,7 +90,7 @@ async def _demo(events: int, timeout: float, verbose: bool, out: TextIO) -> int:
         path = Path(tmp) / "config.toml"
         path.write_text(_config_text(api, receiver, Path(tmp) / "poller.db", key, app_secret))
         config = load_config(path)
-        log.configure("info" if verbose else "error", "auto", secrets=parts.secrets_of(config))
+        log.configure("info" if verbose else "error", "auto", secrets=secrets_of(config))
         print(f"100ms API simulator at {api}, receiver at {receiver.base_url}", file=out)
         print(f"daemon config: {path} (deleted when the demo ends)", file=out)
 

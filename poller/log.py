@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import Processor
+
+from poller.redaction import Redactor
 
 # Loggers that speak at INFO about their own plumbing (every job run, every
 # SQL statement, every access) would drown the poll and delivery events.
@@ -17,34 +20,6 @@ _CHATTY = ("apscheduler", "sqlalchemy.engine", "aiohttp.access", "alembic.runtim
 # APScheduler warns once per skipped or late run: under overload that was a line per
 # room per interval. poller.schedule.Lateness reports it instead, once per interval.
 _LATENESS_LOGGERS = ("apscheduler.scheduler", "apscheduler.executors")
-
-# Shorter strings are too likely to occur by chance to be worth masking.
-_MIN_SECRET_LEN = 6
-
-
-class Redactor:
-    """Masks known secret values wherever they appear in a log event's strings."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len)[::-1]
-
-    def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
-        if self._secrets:
-            for key, value in event.items():
-                event[key] = self._mask(value)
-        return event
-
-    def _mask(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, "***")
-            return value
-        if isinstance(value, MutableMapping):
-            return {k: self._mask(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._mask(v) for v in value]
-        return value
 
 
 def configure(
@@ -63,8 +38,8 @@ def configure(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        Redactor(secrets),
     ]
+    redact = Redactor(secrets)
     renderer: Processor
     if as_json:
         renderer = structlog.processors.JSONRenderer()
@@ -81,9 +56,12 @@ def configure(
         ]
     handler = logging.StreamHandler(out)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        _RedactingFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=shared,
+                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+            ),
+            redact,
         )
     )
     # Why: our own events (one per poll and per delivery attempt) are rendered by the
@@ -93,7 +71,7 @@ def configure(
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(levelno),
-        logger_factory=_LineLoggerFactory(handler, out),
+        logger_factory=_LineLoggerFactory(handler, out, redact),
         # Why: otherwise every call through a module's lazy logger assembles a new
         # logger first (a few percent of a delivery). The daemon configures logging
         # once, before it builds anything.
@@ -106,39 +84,71 @@ def configure(
         logging.getLogger(name).setLevel(max(levelno, logging.WARNING))
     for name in _LATENESS_LOGGERS:
         logging.getLogger(name).setLevel(max(levelno, logging.ERROR))
+    # Why: Python writes an uncaught exception's traceback and a warning straight to
+    # stderr, past the redactor (and as lines that are not JSON); either can quote a
+    # secret as well as a log line can.
+    sys.excepthook = _log_uncaught
+    logging.captureWarnings(True)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("poller").critical("uncaught_exception", exc_info=(kind, exc, tb))
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Redacts what another formatter rendered: stdlib records, their tracebacks included."""
+
+    def __init__(self, inner: logging.Formatter, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redact(self._inner.format(record))
 
 
 class _LineLogger:
     """structlog's final logger: one rendered event, one line, under the handler's lock
     (stdlib records from other threads share the stream)."""
 
-    __slots__ = ("_handler", "_stream", "name")
+    __slots__ = ("_handler", "_redact", "_stream", "name")
 
-    def __init__(self, name: str, handler: logging.Handler, stream: TextIO) -> None:
+    def __init__(
+        self, name: str, handler: logging.Handler, stream: TextIO, redact: Callable[[str], str]
+    ) -> None:
         self.name = name  # for add_logger_name
         self._handler = handler
         self._stream = stream
+        self._redact = redact
 
     def msg(self, message: str) -> None:
+        # Redacted here, once rendered: the exception and its traceback are part of it.
+        line = self._redact(message)
         # As with logging.Handler, a broken or closed stream never fails the caller.
         with (
             self._handler.lock or contextlib.nullcontext(),
             contextlib.suppress(OSError, ValueError),
         ):
-            self._stream.write(message + "\n")
+            self._stream.write(line + "\n")
             self._stream.flush()
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
 class _LineLoggerFactory:
-    def __init__(self, handler: logging.Handler, stream: TextIO) -> None:
+    def __init__(
+        self, handler: logging.Handler, stream: TextIO, redact: Callable[[str], str]
+    ) -> None:
         self._handler = handler
         self._stream = stream
+        self._redact = redact
 
     def __call__(self, *args: Any) -> _LineLogger:
         name = args[0] if args and isinstance(args[0], str) else _caller_module()
-        return _LineLogger(name, self._handler, self._stream)
+        return _LineLogger(name, self._handler, self._stream, self._redact)
 
 
 def _caller_module() -> str:

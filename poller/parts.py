@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import aiohttp
 import structlog
-from sqlalchemy.engine import make_url
 
 from poller import __version__
 from poller.config import Config
@@ -31,6 +30,7 @@ from poller.hms.token import MintedTokens, StaticToken, TokenProvider
 from poller.limit import Limiter
 from poller.metrics import Metrics
 from poller.poll import PollResult, RoomPoller
+from poller.redaction import redactor_of
 from poller.schedule import Lateness, Scheduler
 from poller.server import HealthServer
 from poller.store.connect import open_store
@@ -38,7 +38,13 @@ from poller.store.repo import Store
 from poller.timeutil import utcnow
 from poller.timings import Timings
 
-__all__ = ["USER_AGENT", "Parts", "build", "instance_id", "open_configured_store", "secrets_of"]
+__all__ = [
+    "USER_AGENT",
+    "Parts",
+    "build",
+    "instance_id",
+    "open_configured_store",
+]
 
 USER_AGENT = f"poller/{__version__}"
 # The API keeps 30 days of events; a seen id may be forgotten once the API
@@ -50,19 +56,6 @@ PRUNE_INTERVAL = 3600.0
 def instance_id(config: Config) -> str:
     """This process's name in leases, claims, logs and metrics."""
     return config.instance_id or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def secrets_of(config: Config) -> list[str]:
-    """Every configured secret value, for log redaction."""
-    values = [w.secret.reveal() for w in config.webhooks]
-    values += [v for w in config.webhooks for _, v in w.headers]
-    for secret in (config.hms.app_secret, config.hms.management_token):
-        if secret is not None:
-            values.append(secret.reveal())
-    password = make_url(config.store.url.reveal()).password
-    if password:
-        values.append(str(password))
-    return values
 
 
 def tokens_for(config: Config) -> TokenProvider:
@@ -90,9 +83,7 @@ async def open_configured_store(
         ) as store:
             yield store
     except StoreError as exc:
-        text = str(exc)
-        for secret in secrets_of(config):
-            text = text.replace(secret, "***")
+        text = redactor_of(config)(str(exc))
         raise ConfigError(
             config.path, "store.url", f"cannot use the store {config.store.masked_url()}: {text}"
         ) from None
@@ -152,6 +143,7 @@ def build(config: Config, store: Store) -> Parts:
             max_page_events=config.poll.max_page_events,
         ),
         on_response=metrics.observe_api,
+        redact=redactor_of(config),
     )
     worker = DeliveryWorker(
         store,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 import tomli_w
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -111,6 +113,20 @@ async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
 def store(engine: AsyncEngine) -> Store:
     """A migrated store on each backend."""
     return Store(engine, instance_id="test-instance")
+
+
+# --- logging ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what ``poller.log.configure`` sets process-wide: root handlers, hooks, structlog."""
+    root = logging.getLogger()
+    handlers, level, hook = root.handlers[:], root.level, sys.excepthook
+    yield
+    root.handlers, root.level, sys.excepthook = handlers, level, hook
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
 
 
 # --- HTTP peers ---------------------------------------------------------------------

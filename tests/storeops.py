@@ -85,3 +85,33 @@ async def elapse(engine: AsyncEngine, seconds: float) -> None:
                 values = {n: row._mapping[n] - delta for n in names if row._mapping[n]}
                 if values:
                     await conn.execute(update(table).where(table.c.id == row.id).values(values))
+
+
+REJECTED = "event rejected by a test trigger"
+
+
+async def reject_events_containing(engine: AsyncEngine, marker: str) -> None:
+    """Make the database refuse to insert an event whose body holds ``marker``.
+
+    A failed statement the store cannot avoid, on each backend; on PostgreSQL the
+    error's DETAIL quotes the refused body, as a constraint's DETAIL quotes a row.
+    """
+    assert marker.isalnum()  # spliced into the SQL below
+    async with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER reject_marked BEFORE INSERT ON events "
+                f"WHEN instr(NEW.body, '{marker}') > 0 "
+                f"BEGIN SELECT RAISE(ABORT, '{REJECTED}'); END"
+            )
+            return
+        await conn.exec_driver_sql(
+            "CREATE FUNCTION reject_marked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF position('{marker}' in NEW.body) > 0 THEN "
+            f"RAISE EXCEPTION '{REJECTED}' USING DETAIL = NEW.body; END IF; "
+            "RETURN NEW; END $$"
+        )
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER reject_marked BEFORE INSERT ON events "
+            "FOR EACH ROW EXECUTE FUNCTION reject_marked()"
+        )

@@ -27,7 +27,7 @@ from poller.config.model import (
 )
 from poller.config.schema import json_schema
 from poller.config.summary import describe
-from poller.config.values import mask_url
+from poller.config.values import identifier_hint, url_origin, url_secrets
 from poller.errors import ConfigError
 
 __all__ = [
@@ -46,9 +46,11 @@ __all__ = [
     "WebhookConfig",
     "describe",
     "format_duration",
+    "identifier_hint",
     "json_schema",
     "load_config",
-    "mask_url",
     "parse_duration",
     "resolve_config_path",
+    "url_origin",
+    "url_secrets",
 ]

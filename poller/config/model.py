@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from poller.config.values import mask_url
+from poller.config.values import url_origin
 from poller.signing import SigningKey
 
 __all__ = [
@@ -132,7 +132,7 @@ class WebhookConfig:
         # Static headers usually carry an API key and URLs may embed credentials, so the
         # generated repr would leak them into logs and tracebacks.
         shown: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
-        shown["url"] = mask_url(self.url)
+        shown["url"] = url_origin(self.url)
         shown["headers"] = tuple((name, "***") for name, _ in self.headers)
         return f"WebhookConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 

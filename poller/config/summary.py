@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from poller.config.durations import format_duration
 from poller.config.model import Config, ServerConfig, WebhookConfig
-from poller.config.values import mask_url
+from poller.config.values import identifier_hint, url_origin
 
 __all__ = ["describe"]
 
@@ -22,7 +22,7 @@ def _describe_webhook(webhook: WebhookConfig) -> list[str]:
 
     headers = ", ".join(f"{name}: ***" for name, _ in webhook.headers) or "none"
     return [
-        f"  {webhook.name}: {mask_url(webhook.url)}",
+        f"  {webhook.name}: {url_origin(webhook.url)}",
         f"    event types: {listed(webhook.event_types)}; rooms: {listed(webhook.rooms)}",
         f"    headers: {headers}; max concurrency: {webhook.max_concurrency}",
     ]
@@ -32,7 +32,7 @@ def describe(config: Config) -> str:
     """A short summary of ``config`` for ``poller check-config``, with every secret masked."""
     hms, poll, delivery = config.hms, config.poll, config.delivery
     if hms.access_key is not None:
-        auth = f"minted tokens for access key {hms.access_key}"
+        auth = f"minted tokens for access key {identifier_hint(hms.access_key)}"
     else:
         auth = "fixed management token"
     if delivery.retry_schedule:
@@ -47,7 +47,7 @@ def describe(config: Config) -> str:
         rooms += f" ... and {len(room_ids) - _MAX_ROOMS_SHOWN} more"
     lines = [
         f"config:      {config.path}",
-        f"100ms API:   {mask_url(hms.base_url)} ({auth}; "
+        f"100ms API:   {url_origin(hms.base_url)} ({auth}; "
         f"request timeout {format_duration(hms.request_timeout)})",
         f"event types: {', '.join(hms.event_types)}",
         f"polling:     every {format_duration(poll.interval)}, page size {poll.page_size}, "

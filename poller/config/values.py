@@ -6,9 +6,10 @@ import datetime
 import functools
 import ipaddress
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import idna
+import yarl
 
 __all__ = [
     "HEADER_NAME",
@@ -17,13 +18,15 @@ __all__ = [
     "header_value_problem",
     "host_problem",
     "http_url_problem",
-    "mask_url",
+    "identifier_hint",
     "parse_listen",
     "store_url",
     "stored_length",
     "text_problem",
     "toml_key",
     "type_name",
+    "url_origin",
+    "url_secrets",
 ]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -193,15 +196,80 @@ def stored_length(*columns: str) -> int:
     return min(lengths)
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any userinfo shown as ``***@`` and any query/fragment as ``?***``/``#***``."""
-    parts = urlsplit(url)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A path segment made of lower-case letters and punctuation only is a word of the
+# route ("api", "webhooks", "hooks"), not a token: masking it would blot out that
+# word wherever it appears in a log line (a "webhooks" key, say).
+_ROUTE_WORD = re.compile(r"[a-z._~-]*")
+_HINT_LENGTH = 4
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host:port`` of ``url``: the only part of a webhook or API URL shown to people.
+
+    Paths (``/api/webhooks/1234/<token>``), query strings, fragments and userinfo
+    often are the credential, so they never appear in summaries, logs or errors.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<invalid URL>"
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def url_secrets(url: str) -> set[str]:
+    """The secret-bearing parts of ``url`` in every spelling a log line may show them.
+
+    Userinfo, path segments that are not route words, query values and the fragment,
+    each as written, percent-decoded, and as yarl (aiohttp's URL type, which is how a
+    URL reaches an exception's message) encodes it. For the log redactor.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return set()
+    raw: set[str] = set()
     netloc = parts.netloc
     if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "***" if parts.query else ""
-    fragment = "***" if parts.fragment else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+        userinfo = netloc.rpartition("@")[0]
+        raw.add(userinfo)
+        raw.update(userinfo.split(":", 1))
+    raw.update(segment for segment in parts.path.split("/") if not _ROUTE_WORD.fullmatch(segment))
+    raw.update(value for _, value in parse_qsl(parts.query, keep_blank_values=True))
+    raw.update(value for value in parts.query.split("&") if "=" not in value)
+    raw.add(parts.fragment)
+    found: set[str] = set()
+    for value in raw:
+        for spelling in (value, unquote(value)):
+            found.add(spelling)
+            found.update(_yarl_spellings(spelling))
+    found.discard("")
+    return found
+
+
+def _yarl_spellings(value: str) -> tuple[str, ...]:
+    """How yarl encodes ``value`` as a path segment and as a query value."""
+    try:
+        as_path = yarl.URL.build(path="/" + value).raw_path[1:]
+        as_query = str(yarl.URL.build(query={"q": value}))[len("?q=") :]
+    except (TypeError, ValueError):
+        return ()
+    return as_path, as_query
+
+
+def identifier_hint(value: str) -> str:
+    """Enough of an identifier (an access key) to tell which one it is: ``63bb***``.
+
+    At most four characters, and never more than half of a short value.
+    """
+    return value[: min(_HINT_LENGTH, len(value) // 2)] + "***"
 
 
 def parse_listen(value: str) -> tuple[str, int]:

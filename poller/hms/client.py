@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -74,6 +75,7 @@ class HmsClient:
         limiter: contextlib.AbstractAsyncContextManager[Any] | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
         on_response: Callable[[str, float], None] | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -88,6 +90,8 @@ class HmsClient:
         self._limits = limits or WalkLimits()
         # Told each response's status ("error" for no response) and duration, for metrics.
         self._on_response = on_response or (lambda _status, _seconds: None)
+        # Masks the configured secrets in what the API says, before it is cut short.
+        self._redact = redact or (lambda text: text)
         self._limiter: contextlib.AbstractAsyncContextManager[Any] = (
             limiter if limiter is not None else contextlib.nullcontext()
         )
@@ -186,12 +190,16 @@ class HmsClient:
                 return parse_page(body, max_events=self._limits.max_page_events)
             except MalformedPage as exc:
                 return _Failure(f"malformed page ({exc})", status)
-        detail = _describe(status, body, token)
+        detail = _describe(status, body, functools.partial(self._mask, token))
         if status in (429, 503):
             return _Failure(detail, status, parse_retry_after(headers.get("Retry-After")))
         if status in (401, 403) or status >= 500:
             return _Failure(detail, status)
         raise ApiError(f"GET {EVENTS_PATH} for room {room_id}: {detail}", status)
+
+    def _mask(self, token: str, text: str) -> str:
+        """``text`` without the token used and without any configured secret."""
+        return self._redact(text.replace(token, "***") if token else text)
 
     async def _request(
         self, params: list[tuple[str, str]], token: str
@@ -228,8 +236,8 @@ class HmsClient:
         return backoff.lengthen(delay, retry_after, self._retry_after_max)
 
 
-def _describe(status: int | None, body: bytes, token: str) -> str:
-    """Summarise an error response as status, code and message, without echoing the token."""
+def _describe(status: int | None, body: bytes, redact: Callable[[str], str]) -> str:
+    """Summarise an error response as status, code and message, without echoing a secret."""
     text = f"HTTP {status}"
     try:
         doc = json.loads(body)
@@ -237,16 +245,13 @@ def _describe(status: int | None, body: bytes, token: str) -> str:
         doc = None
     if isinstance(doc, dict):
         if "code" in doc:
-            text += f", code {_quote(doc['code'], token)}"
+            text += f", code {_quote(doc['code'], redact)}"
         if "message" in doc:
-            text += f": {_quote(doc['message'], token)}"
+            text += f": {_quote(doc['message'], redact)}"
     return text
 
 
-def _quote(value: object, token: str) -> str:
-    """Bound a value from the API for a message; the API is not trusted to omit our token."""
-    text = str(value)
-    # Redact before cutting, or a cut token would no longer match.
-    if token:
-        text = text.replace(token, "***")
-    return text[:_MAX_DETAIL]
+def _quote(value: object, redact: Callable[[str], str]) -> str:
+    """Bound a value from the API for a message; the API is not trusted to omit our secrets."""
+    # Redact before cutting, or a cut secret would no longer match.
+    return redact(str(value))[:_MAX_DETAIL]

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import enum
 import functools
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Coroutine
@@ -23,7 +24,14 @@ from poller.store.db import schema_revisions
 from poller.store.faults import Faults, StoreFile
 from poller.store.models import UTCDateTime, instances
 
-__all__ = ["StoreBase", "StoreClock", "db_now", "describe_store_error", "translated"]
+__all__ = [
+    "StoreBase",
+    "StoreClock",
+    "db_now",
+    "describe_store_error",
+    "store_error",
+    "translated",
+]
 
 PENDING, DELIVERED, DEAD = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.DEAD
 
@@ -50,19 +58,44 @@ def translated(
         # sqlite3.Error: what the driver raises from our BEGIN IMMEDIATE (poller.store.db),
         # which SQLAlchemy does not wrap ("database is locked" past busy_timeout).
         except (SQLAlchemyError, OSError, sqlite3.Error) as exc:
-            error = StoreError(describe_store_error(exc))
+            error = store_error(exc)
             self.faults.failed(operation, str(error))
-            raise error from exc
+            raise error from None
         self.faults.succeeded(operation)
         return result
 
     return wrapper
 
 
+def store_error(exc: BaseException) -> StoreError:
+    """``exc`` as a StoreError: its one-line description, and its traceback to show where.
+
+    Raise it ``from None``. Why not chained: a logged traceback renders every chained
+    exception in full, and the driver's quotes what it was given (PostgreSQL's DETAIL
+    names the offending row, SQLAlchemy's message the statement), which may be an
+    event body, whose presigned URLs are credentials.
+    """
+    return StoreError(describe_store_error(exc)).with_traceback(exc.__traceback__)
+
+
 def describe_store_error(exc: BaseException) -> str:
     """One bounded line naming a store failure: the driver's words, not the statement."""
     orig = exc.orig if isinstance(exc, DBAPIError) else None
-    return one_line(orig if orig is not None else exc)
+    return _without_argument_value(one_line(orig if orig is not None else exc))
+
+
+# asyncpg's words for a value it cannot encode quote the value's start ("invalid input
+# for query argument $1: '{"id": ...' (reason)"): a parameter after all.
+_ARGUMENT = re.compile(r"invalid input for query argument \$\d+")
+_REASON = re.compile(r" (\([^()]*\))$")
+
+
+def _without_argument_value(line: str) -> str:
+    found = _ARGUMENT.search(line)
+    if found is None:
+        return line
+    reason = _REASON.search(line, found.end())
+    return line[: found.end()] + (reason.group() if reason else "")
 
 
 class StoreClock(enum.Enum):

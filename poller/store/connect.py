@@ -7,10 +7,9 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from poller.errors import StoreError
 from poller.store.db import create_engine, migrate
 from poller.store.faults import StoreFile
-from poller.store.repo import Store, describe_store_error
+from poller.store.repo import Store, store_error
 from poller.store.runlock import sqlite_file
 
 __all__ = ["open_store"]
@@ -27,7 +26,7 @@ async def open_store(
     try:
         engine = create_engine(url)
     except (SQLAlchemyError, OSError, ValueError) as exc:
-        raise StoreError(describe_store_error(exc)) from None
+        raise store_error(exc) from None
     store = Store(engine, instance_id=instance_id)
     try:
         try:
@@ -37,7 +36,7 @@ async def open_store(
                 async with engine.connect():
                     pass
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(describe_store_error(exc)) from None
+            raise store_error(exc) from None
         path = sqlite_file(url)
         if path is not None:
             store.file = StoreFile(path)

@@ -6,7 +6,7 @@ seen events (``seen``), rooms and instances (``leases``), the outbox (``outbox``
 
 from __future__ import annotations
 
-from poller.store.base import describe_store_error
+from poller.store.base import store_error
 from poller.store.leases import Leases, RoomLease
 from poller.store.outbox import AttemptRecord, Claim, DeliveryRow, Outbox
 from poller.store.seen import PageOutcome, SeenEvents, WebhookFilter
@@ -19,7 +19,7 @@ __all__ = [
     "RoomLease",
     "Store",
     "WebhookFilter",
-    "describe_store_error",
+    "store_error",
 ]
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from poller.events import Event
 from poller.hms.client import ApiError, HmsClient, Page
 from poller.hms.token import MintedTokens, StaticToken
+from poller.redaction import Redactor
 from poller.simulator import Simulator
 
 ACCESS_KEY = "63bbb0c5e1a4d8a2b1c3d4e5"
@@ -528,6 +529,27 @@ async def test_errors_and_logs_never_carry_credentials(
     assert token not in text
     assert APP_SECRET not in text
     assert [log["event"] for log in logs] == ["hms.reauthorize", "hms.retry"]
+
+
+async def test_a_secret_the_api_quotes_is_masked_before_the_message_is_cut(
+    serve: Serve, session: aiohttp.ClientSession
+) -> None:
+    secret = "configured-secret-9Qw2Lk7Zp4"
+
+    async def quote_it(request: web.Request) -> web.Response:
+        # The secret straddles the cut at 200 characters: cut first, its head would stay.
+        message = "x" * 190 + secret
+        return web.json_response({"code": 400, "message": message}, status=400)
+
+    app = web.Application()
+    app.router.add_get("/analytics/events", quote_it)
+    client = HmsClient(session, await serve(app), StaticToken("t0ken"), redact=Redactor([secret]))
+
+    with pytest.raises(ApiError) as caught:
+        await collect(client)
+
+    assert str(caught.value).endswith("x" * 190 + "***")
+    assert secret[:6] not in str(caught.value)
 
 
 async def test_client_repr_has_no_secrets(session: aiohttp.ClientSession) -> None:
