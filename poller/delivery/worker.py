@@ -179,7 +179,15 @@ class DeliveryWorker:
                     retry_at = now + dt.timedelta(seconds=delay)
                 outcome = AttemptOutcome.DEAD if retry_at is None else AttemptOutcome.RETRY
             kept = await self._outcomes.submit(
-                AttemptRecord(claim, now, attempt.status, attempt.error, retry_at)
+                AttemptRecord(
+                    claim,
+                    now,
+                    attempt.status,
+                    attempt.error,
+                    retry_at,
+                    duration=attempt.duration,
+                    response=attempt.response,
+                )
             )
         except Exception:
             # Left claimed: the claim expires and another attempt follows.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,9 @@ from poller.store.base import (
     db_now,
     translated,
 )
-from poller.store.models import deliveries, events
+from poller.store.models import attempts, deliveries, events
 
-__all__ = ["AttemptRecord", "Claim", "DeliveryRow", "Outbox"]
+__all__ = ["AttemptRecord", "AttemptRow", "Claim", "DeliveryRow", "Outbox"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class AttemptRecord:
 
     Both times are the caller's clock; on a store timed by the database's clock the
     retry keeps its delay (``retry_at - now``), counted from the database's "now".
+    ``duration`` and ``response`` (the answer's first bytes) go to the attempt log.
     """
 
     claim: Claim
@@ -51,6 +53,8 @@ class AttemptRecord:
     status: int | None
     error: str | None = None
     retry_at: dt.datetime | None = None
+    duration: float = 0.0  # seconds
+    response: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,18 @@ class DeliveryRow:
     last_attempt_at: dt.datetime | None
     last_status: int | None
     last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One attempt as the attempt log kept it."""
+
+    number: int
+    attempted_at: dt.datetime  # when it ended
+    duration_ms: float
+    status: int | None
+    error: str | None
+    response: str | None
 
 
 class Outbox(StoreBase):
@@ -148,6 +164,7 @@ class Outbox(StoreBase):
             )
             kept: list[bool] = []
             shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            log: list[dict[str, Any]] = []
             for record in records:
                 delivery_id = record.claim.delivery_id
                 kept.append(delivery_id in held)
@@ -157,6 +174,7 @@ class Outbox(StoreBase):
                 values = _attempt_values(record)
                 params = self._attempt_params(record, values)
                 shapes.setdefault(tuple(values), []).append({"p_id": delivery_id, **params})
+                log.append(self._log_row(record))
             for names, rows in shapes.items():
                 await conn.execute(
                     update(deliveries)
@@ -164,7 +182,32 @@ class Outbox(StoreBase):
                     .values({**self._attempt_columns(names), **_COUNT_ATTEMPT}),
                     rows,
                 )
+            if log:
+                # One multi-row INSERT for the whole batch (executemany is rendered as
+                # VALUES lists), so the log costs one statement per batch, not per attempt.
+                await conn.execute(self._insert_attempts, log)
         return kept
+
+    @functools.cached_property
+    def _insert_attempts(self) -> Any:
+        if self.clock is StoreClock.DATABASE:
+            # The same "now" as the delivery's last_attempt_at (see _attempt_columns).
+            return attempts.insert().values(attempted_at=db_now())
+        return attempts.insert()
+
+    def _log_row(self, record: AttemptRecord) -> dict[str, Any]:
+        """The attempt log's row of one record (``_insert_attempts`` sets the rest)."""
+        row: dict[str, Any] = {
+            "delivery_id": record.claim.delivery_id,
+            "number": record.claim.attempts + 1,
+            "duration_ms": round(record.duration * 1000, 3),
+            "status": record.status,
+            "error": record.error,
+            "response": record.response.decode("utf-8", "replace") if record.response else None,
+        }
+        if self.clock is not StoreClock.DATABASE:
+            row["attempted_at"] = record.now
+        return row
 
     def _attempt_params(self, record: AttemptRecord, values: dict[str, Any]) -> dict[str, Any]:
         """Bound parameters for ``_attempt_values``: on the database's clock the attempt's
@@ -272,6 +315,24 @@ class Outbox(StoreBase):
         async with self._engine.connect() as conn:
             rows = await conn.execute(query.order_by(deliveries.c.id.desc()).limit(limit))
             return [DeliveryRow(**row._mapping) for row in rows]
+
+    @translated
+    async def attempts_of(self, delivery_id: int) -> list[AttemptRow]:
+        """Every attempt of one delivery, oldest first."""
+        query = (
+            select(
+                attempts.c.number,
+                attempts.c.attempted_at,
+                attempts.c.duration_ms,
+                attempts.c.status,
+                attempts.c.error,
+                attempts.c.response,
+            )
+            .where(attempts.c.delivery_id == delivery_id)
+            .order_by(attempts.c.id)
+        )
+        async with self._engine.connect() as conn:
+            return [AttemptRow(**row._mapping) for row in await conn.execute(query)]
 
     @translated
     async def retry(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from poller.store.base import describe_store_error
 from poller.store.leases import Leases, RoomLease
-from poller.store.outbox import AttemptRecord, Claim, DeliveryRow, Outbox
+from poller.store.outbox import AttemptRecord, AttemptRow, Claim, DeliveryRow, Outbox
 from poller.store.seen import PageOutcome, SeenEvents, WebhookFilter
 
 __all__ = [
     "AttemptRecord",
+    "AttemptRow",
     "Claim",
     "DeliveryRow",
     "PageOutcome",
