@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from poller import __version__
 from poller.config import Config, describe, json_schema, load_config, resolve_config_path
 from poller.errors import UserError
 from poller.states import DeliveryState
+from poller.timeutil import parse_instant, utcnow
 
 EXIT_USAGE = 2
 
@@ -103,19 +106,58 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace, config: Config) -> int:
-    """List deliveries, or retry dead ones."""
+    """List deliveries, show one with its attempts, or retry dead ones."""
     from poller import report
+    from poller.store.repo import DeliveryFilter
 
     _configure_logs(config)
+    ids: list[int] = [*args.ids, *args.id]
     if args.action == "retry":
-        print(asyncio.run(report.retry(config, ids=args.id, webhook=args.webhook)))
+        text = report.retry(config, ids=ids, webhook=args.webhook, all_dead=args.dead)
+    elif args.action == "show":
+        if len(ids) != 1:
+            raise UserError("deliveries show takes one delivery id")
+        text = report.show(config, ids[0], as_json=args.json)
     else:
-        print(
-            asyncio.run(
-                report.deliveries(config, state=args.state, webhook=args.webhook, limit=args.limit)
-            )
+        if ids:
+            raise UserError("deliveries list takes no ids (see deliveries show ID)")
+        now = utcnow()
+        where = DeliveryFilter(
+            state=args.state,
+            webhook=args.webhook,
+            room_id=args.room,
+            since=_instant(args.since, "--since", now),
+            until=_instant(args.until, "--until", now),
         )
+        text = report.deliveries(config, where, limit=args.limit, as_json=args.json)
+    print(asyncio.run(text))
     return 0
+
+
+def _instant(value: str | None, option: str, now: dt.datetime) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value, now=now)
+    except ValueError as exc:
+        raise UserError(f"{option}: {exc}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A command's parser whose usage errors are one line (exit 2), like every user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
@@ -146,7 +188,7 @@ def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; ``-c`` is accepted before or after the command."""
     config_help = "config file (default: $POLLER_CONFIG, else /etc/poller/config.toml)"
-    common = argparse.ArgumentParser(add_help=False)
+    common = _OneLineParser(add_help=False)
     # SUPPRESS keeps a -c given before the command from being reset by the subparser.
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
 
@@ -155,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", default=None, help=config_help)
     parser.add_argument("--version", action="version", version=f"poller {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser
+    )
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -168,12 +212,26 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "show room poll states and the outbox")
     hc = add("healthcheck", cmd_healthcheck, "exit 0 when the running daemon's /healthz is OK")
     hc.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    dl = add("deliveries", cmd_deliveries, "list deliveries or retry dead ones")
-    dl.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
+    dl = add("deliveries", cmd_deliveries, "list deliveries, show one, or retry dead ones")
+    dl.add_argument(
+        "action",
+        choices=["list", "show", "retry"],
+        nargs="?",
+        default="list",
+        help="list (default), show ID, or retry ID... | --dead",
+    )
+    dl.add_argument("ids", type=int, nargs="*", metavar="ID", help="delivery ids")
+    # The older spelling of ``retry ID...``, kept so that scripts keep working.
+    dl.add_argument("--id", type=int, action="append", default=[], help=argparse.SUPPRESS)
     dl.add_argument("--state", choices=[state.value for state in DeliveryState])
     dl.add_argument("--webhook", help="only this webhook")
-    dl.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
-    dl.add_argument("--id", type=int, action="append", default=[], help="retry this delivery id")
+    dl.add_argument("--room", help="only events of this room")
+    since_help = "created at or after T: RFC 3339 (2026-12-01T08:00:00Z) or a duration ago (2h)"
+    dl.add_argument("--since", metavar="T", help=since_help)
+    dl.add_argument("--until", metavar="T", help="created before T (as --since)")
+    dl.add_argument("--limit", type=_positive, default=50, help="rows to list (default 50)")
+    dl.add_argument("--dead", action="store_true", help="retry: every dead delivery")
+    dl.add_argument("--json", action="store_true", help="print JSON")
 
     # -c is accepted (and not needed) so that a wrapper passing it to every command works.
     sub.add_parser(

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from poller.config import Config
+from poller.errors import UserError
 from poller.parts import open_configured_store
 from poller.states import DeliveryState
+from poller.store.repo import AttemptRow, DeliveryFilter, DeliveryRow
 from poller.timeutil import utcnow
+
+PENDING, DEAD = DeliveryState.PENDING, DeliveryState.DEAD
 
 
 def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
@@ -66,17 +72,72 @@ async def status(config: Config) -> str:
     return "\n".join(lines)
 
 
-async def deliveries(config: Config, *, state: str | None, webhook: str | None, limit: int) -> str:
-    """The most recent deliveries as a table."""
+def _known_webhook(config: Config, name: str | None, stored: Iterable[str] = ()) -> None:
+    """Refuse a webhook name that is neither configured nor in ``stored``, listing them."""
+    known = {w.name for w in config.webhooks}
+    if name is None or name in known or name in stored:
+        return
+    listed = ", ".join(sorted(known)) or "none"
+    raise UserError(f"unknown webhook {name!r} (configured: {listed})")
+
+
+def _time(when: dt.datetime | None) -> str | None:
+    """RFC 3339 in UTC, to the millisecond: what --json and ``show`` print."""
+    if when is None:
+        return None
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _delivery_json(row: DeliveryRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "webhook": row.webhook,
+        "state": row.state,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "room_id": row.room_id,
+        "attempts": row.attempts,
+        "created_at": _time(row.created_at),
+        "next_attempt_at": _time(row.next_attempt_at) if row.state == PENDING else None,
+        "delivered_at": _time(row.delivered_at),
+        "last_attempt_at": _time(row.last_attempt_at),
+        "last_status": row.last_status,
+        "last_error": row.last_error,
+    }
+
+
+def _attempt_json(row: AttemptRow) -> dict[str, Any]:
+    return {
+        "number": row.number,
+        "at": _time(row.attempted_at),
+        "duration_ms": round(row.duration_ms, 1),
+        "status": row.status,
+        "error": row.error,
+        "response": row.response,
+    }
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+async def deliveries(
+    config: Config, where: DeliveryFilter, *, limit: int, as_json: bool = False
+) -> str:
+    """The most recent deliveries matching ``where``, as a table or JSON."""
     now = utcnow()
     async with open_configured_store(config, apply_migrations=False) as store:
-        rows = await store.list_deliveries(state=state, webhook=webhook, limit=limit)
+        if where.webhook is not None and where.webhook not in {w.name for w in config.webhooks}:
+            _known_webhook(config, where.webhook, {w for w, _ in await store.outbox_counts()})
+        rows = await store.list_deliveries(where, limit=limit)
+    if as_json:
+        return _dumps([_delivery_json(r) for r in rows])
     if not rows:
         return "no deliveries"
     lines = [f"{'id':>8}  {'webhook':<16} {'state':<9} {'tries':>5}  {'event':<36}  last"]
     for r in rows:
         last = f"{r.last_status or '-'} {r.last_error or ''}".strip()
-        when = _ago(r.next_attempt_at, now) if r.state == DeliveryState.PENDING else ""
+        when = _ago(r.next_attempt_at, now) if r.state == PENDING else ""
         lines.append(
             f"{r.id:>8}  {r.webhook:<16} {r.state:<9} {r.attempts:>5}  {r.event_id:<36}  "
             f"{last}{'  next ' + when if when else ''}"
@@ -84,8 +145,48 @@ async def deliveries(config: Config, *, state: str | None, webhook: str | None, 
     return "\n".join(lines)
 
 
-async def retry(config: Config, *, ids: Sequence[int], webhook: str | None) -> str:
-    """Make dead deliveries pending again; the running daemon picks them up."""
+async def show(config: Config, delivery_id: int, *, as_json: bool = False) -> str:
+    """One delivery and every attempt the attempt log holds for it."""
     async with open_configured_store(config, apply_migrations=False) as store:
+        row = await store.delivery(delivery_id)
+        if row is None:
+            raise UserError(f"no delivery {delivery_id}")
+        tries = await store.attempts_of(delivery_id)
+    if as_json:
+        return _dumps({**_delivery_json(row), "attempt_log": [_attempt_json(a) for a in tries]})
+    fields = _delivery_json(row)
+    lines = [f"delivery {row.id}"]
+    lines += [f"  {key}: {'-' if value is None else value}" for key, value in fields.items()][1:]
+    lines.append(f"attempts ({len(tries)}):" if tries else "attempts: none yet")
+    for a in tries:
+        answer = f"{a.status}" if a.status is not None else "no answer"
+        error = f" {a.error}" if a.error and a.error != f"HTTP {a.status}" else ""
+        lines.append(f"  #{a.number} {_time(a.attempted_at)} {answer}{error} {a.duration_ms:.0f}ms")
+        if a.response:
+            lines.append(f"      {a.response!r}"[:200])
+    return "\n".join(lines)
+
+
+async def retry(config: Config, *, ids: Sequence[int], webhook: str | None, all_dead: bool) -> str:
+    """Make dead deliveries pending again with a fresh schedule; the daemon picks them up.
+
+    Either ``ids`` or ``all_dead`` (every dead one, of ``webhook`` if given).
+    """
+    if not ids and not all_dead:
+        raise UserError("deliveries retry needs delivery ids or --dead")
+    if ids and all_dead:
+        raise UserError("deliveries retry takes delivery ids or --dead, not both")
+    _known_webhook(config, webhook)
+    skipped: list[str] = []
+    async with open_configured_store(config, apply_migrations=False) as store:
+        for delivery_id in dict.fromkeys(ids):
+            row = await store.delivery(delivery_id)
+            if row is None:
+                raise UserError(f"no delivery {delivery_id}")
+            if row.state != DEAD:
+                skipped.append(f"delivery {delivery_id} is {row.state}, not dead")
         count = await store.retry(ids=ids, webhook=webhook, now=utcnow())
-    return f"{count} dead deliveries scheduled for a new attempt"
+    lines = [f"{count} dead deliveries scheduled for a new attempt"]
+    if skipped:
+        lines.append("left as they are: " + "; ".join(skipped) + " (see poller replay)")
+    return "\n".join(lines)

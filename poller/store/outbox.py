@@ -23,7 +23,7 @@ from poller.store.base import (
 )
 from poller.store.models import attempts, deliveries, events
 
-__all__ = ["AttemptRecord", "AttemptRow", "Claim", "DeliveryRow", "Outbox"]
+__all__ = ["AttemptRecord", "AttemptRow", "Claim", "DeliveryFilter", "DeliveryRow", "Outbox"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,8 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRow:
+    """One delivery as operators see it, with its event's room and type."""
+
     id: int
     event_id: str
     webhook: str
@@ -66,9 +68,39 @@ class DeliveryRow:
     attempts: int
     created_at: dt.datetime
     next_attempt_at: dt.datetime
+    delivered_at: dt.datetime | None
     last_attempt_at: dt.datetime | None
     last_status: int | None
     last_error: str | None
+    room_id: str
+    event_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries an operator asks for; None matches everything. ``since`` and
+    ``until`` bound when the delivery was created (``until`` excluded)."""
+
+    state: str | None = None
+    webhook: str | None = None
+    room_id: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        """The conditions, on ``deliveries`` joined with ``events``."""
+        cond: list[ColumnElement[bool]] = []
+        if self.state is not None:
+            cond.append(deliveries.c.state == self.state)
+        if self.webhook is not None:
+            cond.append(deliveries.c.webhook == self.webhook)
+        if self.room_id is not None:
+            cond.append(events.c.room_id == self.room_id)
+        if self.since is not None:
+            cond.append(deliveries.c.created_at >= self.since)
+        if self.until is not None:
+            cond.append(deliveries.c.created_at < self.until)
+        return cond
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,28 +325,23 @@ class Outbox(StoreBase):
 
     @translated
     async def list_deliveries(
-        self, *, state: str | None = None, webhook: str | None = None, limit: int = 50
+        self, where: DeliveryFilter | None = None, *, limit: int = 50
     ) -> list[DeliveryRow]:
-        """The most recent deliveries, newest first, optionally filtered."""
-        query = select(
-            deliveries.c.id,
-            deliveries.c.event_id,
-            deliveries.c.webhook,
-            deliveries.c.state,
-            deliveries.c.attempts,
-            deliveries.c.created_at,
-            deliveries.c.next_attempt_at,
-            deliveries.c.last_attempt_at,
-            deliveries.c.last_status,
-            deliveries.c.last_error,
+        """The most recent deliveries, newest first."""
+        query = (
+            _DELIVERY_ROWS.where(*(where or DeliveryFilter()).where())
+            .order_by(deliveries.c.id.desc())
+            .limit(limit)
         )
-        if state is not None:
-            query = query.where(deliveries.c.state == state)
-        if webhook is not None:
-            query = query.where(deliveries.c.webhook == webhook)
         async with self._engine.connect() as conn:
-            rows = await conn.execute(query.order_by(deliveries.c.id.desc()).limit(limit))
-            return [DeliveryRow(**row._mapping) for row in rows]
+            return [DeliveryRow(**row._mapping) for row in await conn.execute(query)]
+
+    @translated
+    async def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        """One delivery, or None when there is no such id."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_DELIVERY_ROWS.where(deliveries.c.id == delivery_id))).first()
+        return None if row is None else DeliveryRow(**row._mapping)
 
     @translated
     async def attempts_of(self, delivery_id: int) -> list[AttemptRow]:
@@ -368,6 +395,22 @@ async def _bodies(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
     rows = await conn.execute(select(events.c.id, events.c.body).where(events.c.id.in_(ids)))
     return {row.id: row.body for row in rows}
 
+
+_DELIVERY_ROWS = select(
+    deliveries.c.id,
+    deliveries.c.event_id,
+    deliveries.c.webhook,
+    deliveries.c.state,
+    deliveries.c.attempts,
+    deliveries.c.created_at,
+    deliveries.c.next_attempt_at,
+    deliveries.c.delivered_at,
+    deliveries.c.last_attempt_at,
+    deliveries.c.last_status,
+    deliveries.c.last_error,
+    events.c.room_id,
+    events.c.type.label("event_type"),
+).join(events, events.c.id == deliveries.c.event_id)
 
 _COUNT_ATTEMPT = {"attempts": deliveries.c.attempts + 1}
 # Columns an attempt sets to when it ended.

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from poller.store.base import describe_store_error
 from poller.store.leases import Leases, RoomLease
-from poller.store.outbox import AttemptRecord, AttemptRow, Claim, DeliveryRow, Outbox
+from poller.store.outbox import (
+    AttemptRecord,
+    AttemptRow,
+    Claim,
+    DeliveryFilter,
+    DeliveryRow,
+    Outbox,
+)
 from poller.store.seen import PageOutcome, SeenEvents, WebhookFilter
 
 __all__ = [
     "AttemptRecord",
     "AttemptRow",
     "Claim",
+    "DeliveryFilter",
     "DeliveryRow",
     "PageOutcome",
     "RoomLease",
