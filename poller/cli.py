@@ -134,6 +134,34 @@ def cmd_deliveries(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    """Deliver stored events to a webhook again, after showing how many and confirming."""
+    from poller import report
+
+    _configure_logs(config)
+    webhook = report.configured_webhook(config, args.webhook)
+    now = utcnow()
+    which = report.replay_filter(
+        webhook,
+        room_id=args.room,
+        event_type=args.type,
+        since=_instant(args.since, "--since", now),
+        until=_instant(args.until, "--until", now),
+    )
+    count = asyncio.run(report.replay_count(config, webhook.name, which))
+    print(report.replay_preview(webhook.name, count))
+    if not count:
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError("replay asks for confirmation: pass --yes when stdin is not a terminal")
+        if input("replay them? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing replayed")
+            return 1
+    print(asyncio.run(report.replay(config, webhook.name, which)))
+    return 0
+
+
 def _instant(value: str | None, option: str, now: dt.datetime) -> dt.datetime | None:
     if value is None:
         return None
@@ -232,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--limit", type=_positive, default=50, help="rows to list (default 50)")
     dl.add_argument("--dead", action="store_true", help="retry: every dead delivery")
     dl.add_argument("--json", action="store_true", help="print JSON")
+
+    rp = add("replay", cmd_replay, "deliver stored events to a webhook again")
+    rp.add_argument("--webhook", required=True, help="the webhook to deliver to")
+    rp.add_argument("--room", help="only events of this room")
+    rp.add_argument("--type", help="only events of this type")
+    seen_help = "seen at or after T: RFC 3339 (2026-12-01T08:00:00Z) or a duration ago (2h)"
+    rp.add_argument("--since", metavar="T", help=seen_help)
+    rp.add_argument("--until", metavar="T", help="seen before T (as --since)")
+    rp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     # -c is accepted (and not needed) so that a wrapper passing it to every command works.
     sub.add_parser(

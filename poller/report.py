@@ -7,11 +7,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from poller.config import Config
+from poller.config import Config, WebhookConfig
 from poller.errors import UserError
 from poller.parts import open_configured_store
 from poller.states import DeliveryState
-from poller.store.repo import AttemptRow, DeliveryFilter, DeliveryRow
+from poller.store.repo import AttemptRow, DeliveryFilter, DeliveryRow, EventFilter
 from poller.timeutil import utcnow
 
 PENDING, DEAD = DeliveryState.PENDING, DeliveryState.DEAD
@@ -74,11 +74,13 @@ async def status(config: Config) -> str:
 
 def _known_webhook(config: Config, name: str | None, stored: Iterable[str] = ()) -> None:
     """Refuse a webhook name that is neither configured nor in ``stored``, listing them."""
-    known = {w.name for w in config.webhooks}
-    if name is None or name in known or name in stored:
-        return
-    listed = ", ".join(sorted(known)) or "none"
-    raise UserError(f"unknown webhook {name!r} (configured: {listed})")
+    if name is not None and name not in {w.name for w in config.webhooks} and name not in stored:
+        raise _unknown_webhook(config, name)
+
+
+def _unknown_webhook(config: Config, name: str) -> UserError:
+    listed = ", ".join(sorted(w.name for w in config.webhooks)) or "none"
+    return UserError(f"unknown webhook {name!r} (configured: {listed})")
 
 
 def _time(when: dt.datetime | None) -> str | None:
@@ -190,3 +192,58 @@ async def retry(config: Config, *, ids: Sequence[int], webhook: str | None, all_
     if skipped:
         lines.append("left as they are: " + "; ".join(skipped) + " (see poller replay)")
     return "\n".join(lines)
+
+
+def configured_webhook(config: Config, name: str) -> WebhookConfig:
+    """The configured webhook ``name``; a UserError listing the configured ones if none."""
+    for webhook in config.webhooks:
+        if webhook.name == name:
+            return webhook
+    raise _unknown_webhook(config, name)
+
+
+def replay_filter(
+    webhook: WebhookConfig,
+    *,
+    room_id: str | None = None,
+    event_type: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> EventFilter:
+    """The stored events a replay to ``webhook`` takes: what its own filters let through,
+    narrowed by the operator's."""
+
+    def narrowed(own: frozenset[str] | None, asked: str | None) -> frozenset[str] | None:
+        if asked is None:
+            return own
+        return frozenset({asked}) & own if own is not None else frozenset({asked})
+
+    return EventFilter(
+        room_ids=narrowed(webhook.rooms, room_id),
+        types=narrowed(webhook.event_types, event_type),
+        since=since,
+        until=until,
+    )
+
+
+async def replay_count(config: Config, webhook: str, which: EventFilter) -> int:
+    """How many stored events a replay would owe ``webhook`` again."""
+    async with open_configured_store(config, apply_migrations=False) as store:
+        return await store.replay(webhook, which, now=utcnow(), dry_run=True)
+
+
+def replay_preview(webhook: str, count: int) -> str:
+    """What a replay is about to do, shown before it asks."""
+    if not count:
+        return f"no stored events to replay to {webhook}"
+    return (
+        f"{count} stored events will be delivered again to {webhook} "
+        "(same webhook-id: receivers can drop what they already processed)"
+    )
+
+
+async def replay(config: Config, webhook: str, which: EventFilter) -> str:
+    """Owe ``webhook`` the selected stored events once more; the daemon delivers them."""
+    async with open_configured_store(config, apply_migrations=False) as store:
+        count = await store.replay(webhook, which, now=utcnow())
+    return f"{count} deliveries to {webhook} scheduled"

@@ -8,7 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Interval, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from poller.store.base import (
@@ -23,7 +34,15 @@ from poller.store.base import (
 )
 from poller.store.models import attempts, deliveries, events
 
-__all__ = ["AttemptRecord", "AttemptRow", "Claim", "DeliveryFilter", "DeliveryRow", "Outbox"]
+__all__ = [
+    "AttemptRecord",
+    "AttemptRow",
+    "Claim",
+    "DeliveryFilter",
+    "DeliveryRow",
+    "EventFilter",
+    "Outbox",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +93,30 @@ class DeliveryRow:
     last_error: str | None
     room_id: str
     event_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which stored events a replay takes; None matches everything. ``since`` and
+    ``until`` bound when poller saw the event (``until`` excluded)."""
+
+    room_ids: frozenset[str] | None = None
+    types: frozenset[str] | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        """The conditions on ``events``."""
+        cond: list[ColumnElement[bool]] = []
+        if self.room_ids is not None:
+            cond.append(events.c.room_id.in_(sorted(self.room_ids)))
+        if self.types is not None:
+            cond.append(events.c.type.in_(sorted(self.types)))
+        if self.since is not None:
+            cond.append(events.c.seen_at >= self.since)
+        if self.until is not None:
+            cond.append(events.c.seen_at < self.until)
+        return cond
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +385,55 @@ class Outbox(StoreBase):
         async with self._engine.connect() as conn:
             row = (await conn.execute(_DELIVERY_ROWS.where(deliveries.c.id == delivery_id))).first()
         return None if row is None else DeliveryRow(**row._mapping)
+
+    @translated
+    async def replay(
+        self, webhook: str, which: EventFilter, *, now: dt.datetime, dry_run: bool = False
+    ) -> int:
+        """Owe ``webhook`` the stored events ``which`` selects once more; returns how many.
+
+        Each event's delivery is made pending again with a fresh schedule (its attempt
+        log keeps what went before), or created where there was none; one still
+        pending is left as it is, already owed. ``dry_run`` only counts.
+        """
+        mine = and_(deliveries.c.event_id == events.c.id, deliveries.c.webhook == webhook)
+        pending = exists().where(mine, deliveries.c.state == PENDING)
+        selected = select(events.c.id).where(*which.where(), ~pending)
+        async with self._engine.begin() as conn:
+            if dry_run:
+                return int(
+                    await conn.scalar(select(func.count()).select_from(selected.subquery())) or 0
+                )
+            at = self._at(now)
+            done = await conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.webhook == webhook,
+                    deliveries.c.state != PENDING,
+                    # One delivery per (event, webhook): not pending means none is.
+                    deliveries.c.event_id.in_(select(events.c.id).where(*which.where())),
+                )
+                .values(
+                    state=PENDING,
+                    attempts=0,
+                    created_at=at,
+                    next_attempt_at=at,
+                    delivered_at=None,
+                    last_error=None,
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+            missing = select(
+                events.c.id, literal(webhook), literal(str(PENDING)), literal(0), at, at
+            ).where(*which.where(), ~exists().where(mine))
+            created = await conn.execute(
+                deliveries.insert().from_select(
+                    ["event_id", "webhook", "state", "attempts", "created_at", "next_attempt_at"],
+                    missing,
+                )
+            )
+        return int(done.rowcount) + int(created.rowcount)
 
     @translated
     async def attempts_of(self, delivery_id: int) -> list[AttemptRow]:

@@ -14,6 +14,7 @@ from poller.store.outbox import (
     Claim,
     DeliveryFilter,
     DeliveryRow,
+    EventFilter,
     Outbox,
 )
 from poller.store.seen import PageOutcome, SeenEvents, WebhookFilter
@@ -24,6 +25,7 @@ __all__ = [
     "Claim",
     "DeliveryFilter",
     "DeliveryRow",
+    "EventFilter",
     "PageOutcome",
     "RoomLease",
     "Store",

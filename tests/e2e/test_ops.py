@@ -205,3 +205,39 @@ async def test_retry_by_id_and_every_dead_one_delivers_again_with_the_same_webho
     assert [a["number"] for a in shown["attempt_log"]] == [1, 2, 3, 1]
     assert shown["attempt_log"][-1]["status"] == 204
     assert all(filled.arrivals("filtered", e["id"]) == 1 for e in filled.events)
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+async def test_replay_delivers_stored_events_again_with_the_same_webhook_id(
+    filled: Filled,
+) -> None:
+    first, second, third = (e["id"] for e in filled.events)
+    # Without a terminal and without --yes it refuses, after saying how many.
+    code, out, err = await filled.cli("replay", "--webhook", "all", "--room", "room-a")
+    assert code == 2, err
+    assert out.startswith("2 stored events will be delivered again to all"), out
+    assert_one_line_error(err, "--yes")
+    assert filled.arrivals("all", first) == 1
+
+    code, out, err = await filled.cli("replay", "--webhook", "all", "--room", "room-a", "--yes")
+    assert code == 0, err
+    assert out.splitlines()[-1] == "2 deliveries to all scheduled"
+    ok = await filled.receiver.wait_for(
+        lambda: filled.arrivals("all", first) == filled.arrivals("all", second) == 2, 15
+    )
+    assert ok, filled.daemon.output()
+    assert filled.arrivals("all", third) == 1
+    # The same message again: same webhook-id and body as the first time.
+    bodies = {r.body for r in filled.receiver.delivered("all") if r.msg_id == first}
+    assert len(bodies) == 1
+
+    # Filters that select nothing say so and change nothing.
+    for narrow in (["--type", "track.add.success"], ["--since", "2030-01-01T00:00:00Z"]):
+        code, out, err = await filled.cli("replay", "--webhook", "all", *narrow)
+        assert (code, out.strip()) == (0, "no stored events to replay to all"), err
+
+    code, out, err = await filled.cli("replay", "--webhook", "nope", "--yes")
+    assert code == 2
+    assert_one_line_error(err, "unknown webhook 'nope'", "all, filtered")

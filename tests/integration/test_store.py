@@ -18,7 +18,7 @@ from poller.events import Event
 from poller.store.base import StoreClock
 from poller.store.db import create_engine, migrate
 from poller.store.models import deliveries, events
-from poller.store.repo import Claim, DeliveryFilter, DeliveryRow, RoomLease, Store
+from poller.store.repo import Claim, DeliveryFilter, DeliveryRow, EventFilter, RoomLease, Store
 from tests.storeops import (
     acquire_room,
     engine_of,
@@ -889,3 +889,37 @@ async def test_concurrent_mark_after_expiry_has_one_winner_on_postgresql(pg_url:
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+# --- replay ---------------------------------------------------------------------------
+
+
+async def test_replay_owes_stored_events_again_and_leaves_pending_ones(store: Store) -> None:
+    a_events = await seed(store, 3, hooks=[H])
+    (b_event,) = await seed(store, 1, start=3, hooks=[], room=OTHER_ROOM, now=NOW + seconds(60))
+    first, second, third = await store.claim("h", 3, ttl=TTL, now=NOW)
+    await mark_delivered(store, first, status=200, now=NOW)
+    await mark_failed(store, second, status=500, error="HTTP 500", retry_at=None, now=NOW)
+    await store.release_claims([third])  # still pending
+
+    everything = EventFilter()
+    assert await store.replay("h", everything, now=NOW, dry_run=True) == 3
+    assert (
+        await store.replay("h", EventFilter(room_ids=frozenset({ROOM})), now=NOW, dry_run=True) == 2
+    )
+    assert await store.replay("h", EventFilter(since=NOW + seconds(1)), now=NOW, dry_run=True) == 1
+    assert await store.replay("h", EventFilter(types=frozenset({PEER_JOIN})), now=NOW) == 0
+
+    later = NOW + seconds(3600)
+    assert await store.replay("h", everything, now=later) == 3
+    rows = {r["event_id"]: r for r in await all_rows(store)}
+    assert len(rows) == 4  # one delivery per event and webhook, as before
+    for event in (a_events[0], a_events[1], b_event):
+        row_ = rows[event.id]
+        assert (row_["state"], row_["attempts"], row_["next_attempt_at"]) == ("pending", 0, later)
+        assert (row_["created_at"], row_["delivered_at"], row_["last_error"]) == (later, None, None)
+    assert rows[a_events[2].id]["created_at"] == NOW  # left as it was
+    # Everything is owed now: nothing more to replay until it is delivered.
+    assert await store.replay("h", everything, now=later, dry_run=True) == 0
+    claims = await store.claim("h", 10, ttl=TTL, now=later)
+    assert {c.event_id for c in claims} == {e.id for e in [*a_events, b_event]}
