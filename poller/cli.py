@@ -162,6 +162,25 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_send_test(args: argparse.Namespace, config: Config) -> int:
+    """POST a sample event to a webhook; 0 when it answers 2xx."""
+    from poller import report
+    from poller.sendtest import send_test
+
+    _configure_logs(config)
+    result = asyncio.run(send_test(config, report.configured_webhook(config, args.webhook)))
+    print(result.json() if args.json else result.text())
+    return 0 if result.attempt.ok else 1
+
+
+def cmd_gen_secret() -> int:
+    """Print a new webhook secret (needs no config)."""
+    from poller.signing import generate_secret
+
+    print(generate_secret())
+    return 0
+
+
 def _instant(value: str | None, option: str, now: dt.datetime) -> dt.datetime | None:
     if value is None:
         return None
@@ -270,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--until", metavar="T", help="seen before T (as --since)")
     rp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    st = add("send-test", cmd_send_test, "post a signed sample event to a webhook")
+    st.add_argument("--webhook", required=True, help="the webhook to test")
+    st.add_argument("--json", action="store_true", help="print JSON")
+
     # -c is accepted (and not needed) so that a wrapper passing it to every command works.
     sub.add_parser(
         "config-schema",
@@ -277,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the JSON Schema of the config file",
         description="Prints the JSON Schema of config.toml, for editors that validate and "
         "complete TOML with one (Taplo, VS Code's Even Better TOML).",
+    )
+    sub.add_parser(
+        "gen-secret",
+        parents=[common],
+        help="print a new webhook secret",
+        description="Prints a new Standard Webhooks secret (whsec_ and 32 random bytes).",
     )
     demo = sub.add_parser(
         "demo",
@@ -302,6 +331,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return run_demo(events=args.events, timeout=args.timeout, verbose=args.verbose)
         if args.command == "config-schema":
             return cmd_config_schema()
+        if args.command == "gen-secret":
+            return cmd_gen_secret()
         handler: Handler = args.handler
         return handler(args, _config(args, env))
     except UserError as exc:

@@ -6,11 +6,17 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+
+
+def generate_secret(nbytes: int = 32) -> str:
+    """A new Standard Webhooks secret: ``whsec_`` and the base64 of ``nbytes`` random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(nbytes)).decode()
 
 
 class InvalidSecret(ValueError):

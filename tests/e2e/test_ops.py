@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from standardwebhooks import Webhook
 
 from poller.receiver import Receiver
+from poller.signing import SigningKey
 from poller.simulator import Simulator
 from tests.conftest import ConfigWriter, DaemonProcess, daemon_config
 from tests.e2e.test_cli import assert_one_line_error
@@ -241,3 +246,63 @@ async def test_replay_delivers_stored_events_again_with_the_same_webhook_id(
     code, out, err = await filled.cli("replay", "--webhook", "nope", "--yes")
     assert code == 2
     assert_one_line_error(err, "unknown webhook 'nope'", "all, filtered")
+
+
+# --- send-test and gen-secret ----------------------------------------------------------------
+
+
+async def test_send_test_posts_a_signed_sample_marked_as_a_test(
+    simulator: Simulator, receiver: Receiver, tmp_path: Path, write_config: ConfigWriter
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}"
+    config = write_config(**daemon_config(simulator, receiver, url, rooms=["room-a"]))
+    code, out, err = await poller_cli("send-test", "--webhook", "all", "-c", str(config))
+    assert code == 0, err
+    (got,) = receiver.received
+    assert (got.valid, got.status) == (True, 204)  # verified with the webhook's own secret
+    Webhook(receiver.secrets["all"]).verify(got.body, dict(got.headers))
+    assert got.msg_id.startswith("test_")
+    sample = json.loads(got.body)
+    assert (sample["type"], sample["data"]["room_id"]) == ("beam.recording.success", "room-a")
+    assert got.msg_id == "test_" + sample["id"]
+    assert f"as {got.msg_id}" in out
+    assert "HTTP 204 in " in out
+    assert "accepted" in out
+    assert not (tmp_path / "unused.db").exists()  # a test touches no store
+
+    receiver.fail("all", status=500, body=b"handler crashed: KeyError 'beam_id'")
+    code, out, err = await poller_cli("send-test", "--webhook", "all", "--json", "-c", str(config))
+    assert code == 1, err
+    answer = json.loads(out)
+    assert answer["webhook_id"].startswith("test_")
+    assert (answer["ok"], answer["status"], answer["error"]) == (False, 500, "HTTP 500")
+    assert answer["response"] == "handler crashed: KeyError 'beam_id'"
+    assert answer["duration_ms"] >= 0
+
+    await receiver.stop()  # nobody listening
+    code, out, err = await poller_cli("send-test", "--webhook", "all", "-c", str(config))
+    assert code == 1
+    assert "no answer" in out
+    assert "connection failed" in out
+
+    code, out, err = await poller_cli("send-test", "--webhook", "nope", "-c", str(config))
+    assert code == 2
+    assert_one_line_error(err, "unknown webhook 'nope'", "configured: all")
+
+
+def test_gen_secret_prints_a_fresh_standard_webhooks_secret() -> None:
+    secrets = set()
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-m", "poller", "gen-secret"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        secret = result.stdout.strip()
+        assert secret.startswith("whsec_")
+        assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) >= 24
+        Webhook(secret)  # the reference library accepts it
+        assert SigningKey.from_secret(secret)  # and so does poller's config
+        secrets.add(secret)
+    assert len(secrets) == 2
