@@ -55,6 +55,7 @@ def instance_id(config: Config) -> str:
 def secrets_of(config: Config) -> list[str]:
     """Every configured secret value, for log redaction."""
     values = [w.secret.reveal() for w in config.webhooks]
+    values += [p.reveal() for w in config.webhooks for p in w.previous_secrets]
     values += [v for w in config.webhooks for _, v in w.headers]
     for secret in (config.hms.app_secret, config.hms.management_token):
         if secret is not None:

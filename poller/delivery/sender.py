@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from poller.config import WebhookConfig
-from poller.signing import SigningKey
+from poller.signing import RotatingKeys
 from poller.timeutil import parse_retry_after
 
 # Receivers may answer with a page of HTML; we only need the status, and the start
@@ -24,7 +24,7 @@ class Target:
 
     name: str
     url: str = field(repr=False)  # may carry a token in its query string
-    key: SigningKey = field(repr=False)
+    key: RotatingKeys = field(repr=False)  # every attempt is signed with each of its keys
     headers: Mapping[str, str] = field(repr=False)
     max_concurrency: int
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import socket
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from poller import __version__
 from poller.config import Secret, WebhookConfig
@@ -260,6 +262,24 @@ async def test_the_answers_first_kib_is_kept_even_when_it_arrives_in_pieces(
 async def test_a_short_answer_is_kept_whole(receiver: Receiver, sender: Sender) -> None:
     ok = await sender.send(target(receiver.url("all"), receiver.secrets["all"]), "m", BODY)
     assert (ok.status, ok.response) == (204, b"")
+
+
+async def test_rotation_signs_each_attempt_with_every_secret(
+    receiver: Receiver, sender: Sender
+) -> None:
+    """A receiver that verifies with any one of the secrets alone accepts the attempt."""
+    old, older, current = receiver.secrets["all"], make_secret(), make_secret()
+    config = dataclasses.replace(
+        webhook(receiver.url("all"), current), previous_secrets=(Secret(old), Secret(older))
+    )
+    attempt = await sender.send(Target.from_config(config), EVENT_ID, BODY)
+    assert attempt.ok  # the receiver still knows only the old secret
+    (got,) = receiver.received
+    assert len(got.headers["webhook-signature"].split(" ")) == 3
+    for secret in (current, old, older):
+        assert Webhook(secret).verify(got.body, dict(got.headers))["id"] == EVENT_ID
+    with pytest.raises(WebhookVerificationError):
+        Webhook(make_secret()).verify(got.body, dict(got.headers))
 
 
 # --- failures -----------------------------------------------------------------------
