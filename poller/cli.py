@@ -101,7 +101,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from poller import report
 
     _configure_logs(config)
-    print(asyncio.run(report.status(config)))
+    print(asyncio.run(report.status(config, as_json=args.json)))
     return 0
 
 
@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run the daemon until SIGTERM or SIGINT")
     add("check-config", cmd_check_config, "validate the config and print a summary")
     add("migrate", cmd_migrate, "bring the store schema up to date")
-    add("status", cmd_status, "show room poll states and the outbox")
+    status = add("status", cmd_status, "show instances, room poll states and the outbox")
+    status.add_argument("--json", action="store_true", help="print JSON (keys in the README)")
     hc = add("healthcheck", cmd_healthcheck, "exit 0 when the running daemon's /healthz is OK")
     hc.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     dl = add("deliveries", cmd_deliveries, "list deliveries, show one, or retry dead ones")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from poller.config import Config, WebhookConfig
@@ -30,17 +30,26 @@ def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
-async def status(config: Config) -> str:
-    """Schema revision, each room's last poll, and the outbox by webhook and state."""
+async def status(config: Config, *, as_json: bool = False) -> str:
+    """Schema revision, instances, each room's last poll, and the outbox by webhook and
+    state: a table, or JSON with the keys documented in the README (``status_json``)."""
     now = utcnow()
     async with open_configured_store(config, apply_migrations=False) as store:
         current, head = await store.schema_revisions()
         if current != head:
-            return f"store schema is at {current}, this version needs {head}: run `poller migrate`"
+            problem = (
+                f"store schema is at {current}, this version needs {head}: run `poller migrate`"
+            )
+            if as_json:
+                raise UserError(problem)
+            return problem
         rooms = {row["id"]: row for row in await store.room_states()}
         instances = await store.instance_states()
         counts = await store.outbox_counts()
         oldest = await store.oldest_pending()
+    names = sorted({w.name for w in config.webhooks} | {w for w, _ in counts})
+    if as_json:
+        return _dumps(status_json(config, current, instances, rooms, counts, names, oldest))
     lines = [f"store: {config.store.masked_url()} (schema {current})", "instances:"]
     for inst in instances:
         lines.append(
@@ -65,11 +74,60 @@ async def status(config: Config) -> str:
             f"last poll {_ago(row['last_polled_at'], now)}{owner}{failing}{baseline}{error}"
         )
     lines.append("deliveries (pending / delivered / dead):")
-    for name in sorted({w.name for w in config.webhooks} | {w for w, _ in counts}):
+    for name in names:
         p, d, x = (counts.get((name, s), 0) for s in DeliveryState)
         lines.append(f"  {name}: {p} / {d} / {x}")
     lines.append(f"oldest pending delivery: {_ago(oldest, now) if oldest else 'none'}")
     return "\n".join(lines)
+
+
+def status_json(
+    config: Config,
+    schema: str | None,
+    instances: Sequence[Mapping[str, Any]],
+    rooms: Mapping[str, Mapping[str, Any]],
+    counts: Mapping[tuple[str, str], int],
+    webhooks: Sequence[str],
+    oldest: dt.datetime | None,
+) -> dict[str, Any]:
+    """``poller status --json``: stable keys, times as RFC 3339 UTC, null when unknown."""
+
+    def room(room_id: str) -> dict[str, Any]:
+        row = rooms.get(room_id, {})
+        return {
+            "id": room_id,
+            "polled": bool(row),
+            "first_polled_at": _time(row.get("first_polled_at")),
+            "last_polled_at": _time(row.get("last_polled_at")),
+            "last_success_at": _time(row.get("last_success_at")),
+            "last_error": row.get("last_error"),
+            "failed_walks": row.get("failed_walks", 0),
+            "lease_owner": row.get("lease_owner"),
+        }
+
+    configured = {w.name for w in config.webhooks}
+    return {
+        "store": config.store.masked_url(),
+        "schema": schema,
+        "instances": [
+            {
+                "id": i["id"],
+                "started_at": _time(i["started_at"]),
+                "heartbeat_at": _time(i["heartbeat_at"]),
+            }
+            for i in instances
+        ],
+        "rooms": [room(r.id) for r in config.rooms],
+        "webhooks": [
+            {
+                "name": name,
+                "configured": name in configured,
+                **{str(state): counts.get((name, state), 0) for state in DeliveryState},
+            }
+            for name in webhooks
+        ],
+        "oldest_pending_at": _time(oldest),
+    }
 
 
 def _known_webhook(config: Config, name: str | None, stored: Iterable[str] = ()) -> None:

@@ -306,3 +306,35 @@ def test_gen_secret_prints_a_fresh_standard_webhooks_secret() -> None:
         assert SigningKey.from_secret(secret)  # and so does poller's config
         secrets.add(secret)
     assert len(secrets) == 2
+
+
+# --- status --json ---------------------------------------------------------------------------
+
+
+async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
+    status = await filled.json("status")
+    assert set(status) == {"store", "schema", "instances", "rooms", "webhooks", "oldest_pending_at"}
+    assert status["schema"] is not None
+    (instance,) = status["instances"]  # the running daemon
+    assert set(instance) == {"id", "started_at", "heartbeat_at"}
+    assert instance["heartbeat_at"].endswith("Z")
+    assert [r["id"] for r in status["rooms"]] == ["room-a", "room-b"]
+    for room in status["rooms"]:
+        assert set(room) == {
+            "id",
+            "polled",
+            "first_polled_at",
+            "last_polled_at",
+            "last_success_at",
+            "last_error",
+            "failed_walks",
+            "lease_owner",
+        }
+        assert room["polled"] is True
+        assert room["last_error"] is None
+        assert room["first_polled_at"] is not None
+    assert status["webhooks"] == [
+        {"name": "all", "configured": True, "pending": 0, "delivered": 3, "dead": 0},
+        {"name": "filtered", "configured": True, "pending": 0, "delivered": 0, "dead": 3},
+    ]
+    assert status["oldest_pending_at"] is None
