@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import os
+import pty
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -338,3 +342,34 @@ async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
         {"name": "filtered", "configured": True, "pending": 0, "delivered": 0, "dead": 3},
     ]
     assert status["oldest_pending_at"] is None
+
+
+def on_a_terminal(args: list[str], answer: bytes) -> tuple[int, str]:
+    """Run ``poller ARGS`` on a pseudo-terminal, answering its question with ``answer``."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin, stdout and stderr are the terminal
+        os.execv(sys.executable, [sys.executable, "-m", "poller", *args])  # noqa: S606
+    out, answered = b"", False
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(fd, 1024):
+            out += chunk
+            if b"[y/N]" in out and not answered:
+                os.write(fd, answer + b"\n")
+                answered = True
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode()
+
+
+async def test_replay_on_a_terminal_asks_first(filled: Filled) -> None:
+    args = ["replay", "--webhook", "all", "--room", "room-b", "-c", str(filled.config)]
+    code, out = await asyncio.to_thread(on_a_terminal, args, b"n")
+    assert (code, out.splitlines()[-1].strip()) == (1, "nothing replayed"), out
+    assert "1 stored events will be delivered again to all" in out
+    assert "[y/N]" in out
+    code, out = await asyncio.to_thread(on_a_terminal, args, b"y")
+    assert code == 0, out
+    assert "1 deliveries to all scheduled" in out
+    third = filled.events[2]["id"]
+    assert await filled.receiver.wait_for(lambda: filled.arrivals("all", third) == 2, 15)
+    assert filled.arrivals("all", filled.events[0]["id"]) == 1
