@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from poller import __version__
 from poller.config import Config, describe, json_schema, load_config, resolve_config_path
 from poller.errors import UserError
 from poller.states import DeliveryState
+from poller.timeutil import parse_instant, utcnow
 
 EXIT_USAGE = 2
 
@@ -109,23 +112,111 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from poller import report
 
     _configure_logs(config)
-    _show(config, asyncio.run(report.status(config)))
+    _show(config, asyncio.run(report.status(config, as_json=args.json)))
     return 0
 
 
 def cmd_deliveries(args: argparse.Namespace, config: Config) -> int:
-    """List deliveries, or retry dead ones."""
+    """List deliveries, show one with its attempts, or retry dead ones."""
+    from poller import report
+    from poller.store.repo import DeliveryFilter
+
+    _configure_logs(config)
+    ids: list[int] = [*args.ids, *args.id]
+    if args.action == "retry":
+        text = report.retry(config, ids=ids, webhook=args.webhook, all_dead=args.dead)
+    elif args.action == "show":
+        if len(ids) != 1:
+            raise UserError("deliveries show takes one delivery id")
+        text = report.show(config, ids[0], as_json=args.json)
+    else:
+        if ids:
+            raise UserError("deliveries list takes no ids (see deliveries show ID)")
+        now = utcnow()
+        where = DeliveryFilter(
+            state=args.state,
+            webhook=args.webhook,
+            room_id=args.room,
+            since=_instant(args.since, "--since", now),
+            until=_instant(args.until, "--until", now),
+        )
+        text = report.deliveries(config, where, limit=args.limit, as_json=args.json)
+    _show(config, asyncio.run(text))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    """Deliver stored events to a webhook again, after showing how many and confirming."""
     from poller import report
 
     _configure_logs(config)
-    if args.action == "retry":
-        _show(config, asyncio.run(report.retry(config, ids=args.id, webhook=args.webhook)))
-    else:
-        listing = report.deliveries(
-            config, state=args.state, webhook=args.webhook, limit=args.limit
-        )
-        _show(config, asyncio.run(listing))
+    webhook = report.configured_webhook(config, args.webhook)
+    now = utcnow()
+    which = report.replay_filter(
+        webhook,
+        room_id=args.room,
+        event_type=args.type,
+        since=_instant(args.since, "--since", now),
+        until=_instant(args.until, "--until", now),
+    )
+    count = asyncio.run(report.replay_count(config, webhook.name, which))
+    print(report.replay_preview(webhook.name, count))
+    if not count:
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError("replay asks for confirmation: pass --yes when stdin is not a terminal")
+        if input("replay them? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing replayed")
+            return 1
+    _show(config, asyncio.run(report.replay(config, webhook.name, which)))
     return 0
+
+
+def cmd_send_test(args: argparse.Namespace, config: Config) -> int:
+    """POST a sample event to a webhook; 0 when it answers 2xx."""
+    from poller import report
+    from poller.sendtest import send_test
+
+    _configure_logs(config)
+    result = asyncio.run(send_test(config, report.configured_webhook(config, args.webhook)))
+    # The receiver's answer may echo a header value (a token): masked like a report.
+    _show(config, result.json() if args.json else result.text())
+    return 0 if result.attempt.ok else 1
+
+
+def cmd_gen_secret() -> int:
+    """Print a new webhook secret (needs no config)."""
+    from poller.signing import generate_secret
+
+    print(generate_secret())
+    return 0
+
+
+def _instant(value: str | None, option: str, now: dt.datetime) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value, now=now)
+    except ValueError as exc:
+        raise UserError(f"{option}: {exc}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A command's parser whose usage errors are one line (exit 2), like every user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
@@ -156,7 +247,7 @@ def cmd_healthcheck(args: argparse.Namespace, config: Config) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; ``-c`` is accepted before or after the command."""
     config_help = "config file (default: $POLLER_CONFIG, else /etc/poller/config.toml)"
-    common = argparse.ArgumentParser(add_help=False)
+    common = _OneLineParser(add_help=False)
     # SUPPRESS keeps a -c given before the command from being reset by the subparser.
     common.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
 
@@ -165,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", default=None, help=config_help)
     parser.add_argument("--version", action="version", version=f"poller {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser
+    )
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -175,15 +268,43 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", cmd_run, "run the daemon until SIGTERM or SIGINT")
     add("check-config", cmd_check_config, "validate the config and print a summary")
     add("migrate", cmd_migrate, "bring the store schema up to date")
-    add("status", cmd_status, "show room poll states and the outbox")
+    status = add("status", cmd_status, "show instances, room poll states and the outbox")
+    status.add_argument("--json", action="store_true", help="print JSON (keys in the README)")
     hc = add("healthcheck", cmd_healthcheck, "exit 0 when the running daemon's /healthz is OK")
     hc.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    dl = add("deliveries", cmd_deliveries, "list deliveries or retry dead ones")
-    dl.add_argument("action", choices=["list", "retry"], nargs="?", default="list")
+    dl = add("deliveries", cmd_deliveries, "list deliveries, show one, or retry dead ones")
+    dl.add_argument(
+        "action",
+        choices=["list", "show", "retry"],
+        nargs="?",
+        default="list",
+        help="list (default), show ID, or retry ID... | --dead",
+    )
+    dl.add_argument("ids", type=int, nargs="*", metavar="ID", help="delivery ids")
+    # The older spelling of ``retry ID...``, kept so that scripts keep working.
+    dl.add_argument("--id", type=int, action="append", default=[], help=argparse.SUPPRESS)
     dl.add_argument("--state", choices=[state.value for state in DeliveryState])
     dl.add_argument("--webhook", help="only this webhook")
-    dl.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
-    dl.add_argument("--id", type=int, action="append", default=[], help="retry this delivery id")
+    dl.add_argument("--room", help="only events of this room")
+    since_help = "created at or after T: RFC 3339 (2026-12-01T08:00:00Z) or a duration ago (2h)"
+    dl.add_argument("--since", metavar="T", help=since_help)
+    dl.add_argument("--until", metavar="T", help="created before T (as --since)")
+    dl.add_argument("--limit", type=_positive, default=50, help="rows to list (default 50)")
+    dl.add_argument("--dead", action="store_true", help="retry: every dead delivery")
+    dl.add_argument("--json", action="store_true", help="print JSON")
+
+    rp = add("replay", cmd_replay, "deliver stored events to a webhook again")
+    rp.add_argument("--webhook", required=True, help="the webhook to deliver to")
+    rp.add_argument("--room", help="only events of this room")
+    rp.add_argument("--type", help="only events of this type")
+    seen_help = "seen at or after T: RFC 3339 (2026-12-01T08:00:00Z) or a duration ago (2h)"
+    rp.add_argument("--since", metavar="T", help=seen_help)
+    rp.add_argument("--until", metavar="T", help="seen before T (as --since)")
+    rp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    st = add("send-test", cmd_send_test, "post a signed sample event to a webhook")
+    st.add_argument("--webhook", required=True, help="the webhook to test")
+    st.add_argument("--json", action="store_true", help="print JSON")
 
     # -c is accepted (and not needed) so that a wrapper passing it to every command works.
     sub.add_parser(
@@ -192,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the JSON Schema of the config file",
         description="Prints the JSON Schema of config.toml, for editors that validate and "
         "complete TOML with one (Taplo, VS Code's Even Better TOML).",
+    )
+    sub.add_parser(
+        "gen-secret",
+        parents=[common],
+        help="print a new webhook secret",
+        description="Prints a new Standard Webhooks secret (whsec_ and 32 random bytes).",
     )
     demo = sub.add_parser(
         "demo",
@@ -218,6 +345,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return run_demo(events=args.events, timeout=args.timeout, verbose=args.verbose)
         if args.command == "config-schema":
             return cmd_config_schema()
+        if args.command == "gen-secret":
+            return cmd_gen_secret()
         handler: Handler = args.handler
         config = _config(args, env)
         return handler(args, config)

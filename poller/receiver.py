@@ -37,6 +37,7 @@ class _Fault:
     remaining: int | None  # None: for ever
     retry_after: str | None = None
     hang: float = 0.0
+    body: bytes = b""
 
 
 @dataclass(slots=True)
@@ -97,12 +98,14 @@ class Receiver:
         status: int = 500,
         retry_after: str | None = None,
         hang: float = 0.0,
+        body: bytes = b"",
     ) -> None:
-        """Answer the next ``times`` requests of ``name`` (None: all) with ``status``.
+        """Answer the next ``times`` requests of ``name`` (None: all) with ``status``
+        and ``body``.
 
         With ``hang`` the answer is held back that many seconds first.
         """
-        self._faults.setdefault(name, []).append(_Fault(status, times, retry_after, hang))
+        self._faults.setdefault(name, []).append(_Fault(status, times, retry_after, hang, body))
 
     def heal(self, name: str) -> None:
         """Forget every fault of ``name``."""
@@ -155,7 +158,7 @@ class Receiver:
             Received(name, msg_id, body, dict(request.headers), valid, status, time.time(), arrived)
         )
         headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else None
-        return web.Response(status=status, headers=headers)
+        return web.Response(status=status, headers=headers, body=fault.body if fault else None)
 
     async def _record(self, item: Received) -> None:
         self.received.append(item)

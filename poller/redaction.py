@@ -78,11 +78,13 @@ def secrets_of(config: Config) -> list[str]:
     hms = config.hms
     values: set[str] = set()
     for webhook in config.webhooks:
-        secret = webhook.secret.reveal()
-        key = webhook.signing_key.key
-        encoded = secret.removeprefix(SECRET_PREFIX)
-        values.update((secret, encoded, encoded.rstrip("="), base64.b64encode(key).decode()))
-        values.update((key.hex(), key.decode("latin-1"), repr(key)[2:-1]))
+        keys = (webhook.signing_key.current, *webhook.signing_key.previous)
+        secrets = (webhook.secret, *webhook.previous_secrets)
+        for current, signing in zip(secrets, keys, strict=True):
+            secret, key = current.reveal(), signing.key
+            encoded = secret.removeprefix(SECRET_PREFIX)
+            values.update((secret, encoded, encoded.rstrip("="), base64.b64encode(key).decode()))
+            values.update((key.hex(), key.decode("latin-1"), repr(key)[2:-1]))
         values.update(v for _, v in webhook.headers)
         values.update(url_secrets(webhook.url))
     for configured in (hms.app_secret, hms.management_token):

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-from poller.config import Config
+from poller.config import Config, WebhookConfig
+from poller.errors import UserError
 from poller.parts import open_configured_store
 from poller.states import DeliveryState
+from poller.store.repo import AttemptRow, DeliveryFilter, DeliveryRow, EventFilter
 from poller.timeutil import utcnow
+
+PENDING, DEAD = DeliveryState.PENDING, DeliveryState.DEAD
 
 
 def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
@@ -24,17 +30,26 @@ def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
-async def status(config: Config) -> str:
-    """Schema revision, each room's last poll, and the outbox by webhook and state."""
+async def status(config: Config, *, as_json: bool = False) -> str:
+    """Schema revision, instances, each room's last poll, and the outbox by webhook and
+    state: a table, or JSON with the keys documented in the README (``status_json``)."""
     now = utcnow()
     async with open_configured_store(config, apply_migrations=False) as store:
         current, head = await store.schema_revisions()
         if current != head:
-            return f"store schema is at {current}, this version needs {head}: run `poller migrate`"
+            problem = (
+                f"store schema is at {current}, this version needs {head}: run `poller migrate`"
+            )
+            if as_json:
+                raise UserError(problem)
+            return problem
         rooms = {row["id"]: row for row in await store.room_states()}
         instances = await store.instance_states()
         counts = await store.outbox_counts()
         oldest = await store.oldest_pending()
+    names = sorted({w.name for w in config.webhooks} | {w for w, _ in counts})
+    if as_json:
+        return _dumps(status_json(config, current, instances, rooms, counts, names, oldest))
     lines = [f"store: {config.store.masked_url()} (schema {current})", "instances:"]
     for inst in instances:
         lines.append(
@@ -59,24 +74,130 @@ async def status(config: Config) -> str:
             f"last poll {_ago(row['last_polled_at'], now)}{owner}{failing}{baseline}{error}"
         )
     lines.append("deliveries (pending / delivered / dead):")
-    for name in sorted({w.name for w in config.webhooks} | {w for w, _ in counts}):
+    for name in names:
         p, d, x = (counts.get((name, s), 0) for s in DeliveryState)
         lines.append(f"  {name}: {p} / {d} / {x}")
     lines.append(f"oldest pending delivery: {_ago(oldest, now) if oldest else 'none'}")
     return "\n".join(lines)
 
 
-async def deliveries(config: Config, *, state: str | None, webhook: str | None, limit: int) -> str:
-    """The most recent deliveries as a table."""
+def status_json(
+    config: Config,
+    schema: str | None,
+    instances: Sequence[Mapping[str, Any]],
+    rooms: Mapping[str, Mapping[str, Any]],
+    counts: Mapping[tuple[str, str], int],
+    webhooks: Sequence[str],
+    oldest: dt.datetime | None,
+) -> dict[str, Any]:
+    """``poller status --json``: stable keys, times as RFC 3339 UTC, null when unknown."""
+
+    def room(room_id: str) -> dict[str, Any]:
+        row = rooms.get(room_id, {})
+        return {
+            "id": room_id,
+            "polled": bool(row),
+            "first_polled_at": _time(row.get("first_polled_at")),
+            "last_polled_at": _time(row.get("last_polled_at")),
+            "last_success_at": _time(row.get("last_success_at")),
+            "last_error": row.get("last_error"),
+            "failed_walks": row.get("failed_walks", 0),
+            "lease_owner": row.get("lease_owner"),
+        }
+
+    configured = {w.name for w in config.webhooks}
+    return {
+        "store": config.store.masked_url(),
+        "schema": schema,
+        "instances": [
+            {
+                "id": i["id"],
+                "started_at": _time(i["started_at"]),
+                "heartbeat_at": _time(i["heartbeat_at"]),
+            }
+            for i in instances
+        ],
+        "rooms": [room(r.id) for r in config.rooms],
+        "webhooks": [
+            {
+                "name": name,
+                "configured": name in configured,
+                **{str(state): counts.get((name, state), 0) for state in DeliveryState},
+            }
+            for name in webhooks
+        ],
+        "oldest_pending_at": _time(oldest),
+    }
+
+
+def _known_webhook(config: Config, name: str | None, stored: Iterable[str] = ()) -> None:
+    """Refuse a webhook name that is neither configured nor in ``stored``, listing them."""
+    if name is not None and name not in {w.name for w in config.webhooks} and name not in stored:
+        raise _unknown_webhook(config, name)
+
+
+def _unknown_webhook(config: Config, name: str) -> UserError:
+    listed = ", ".join(sorted(w.name for w in config.webhooks)) or "none"
+    return UserError(f"unknown webhook {name!r} (configured: {listed})")
+
+
+def _time(when: dt.datetime | None) -> str | None:
+    """RFC 3339 in UTC, to the millisecond: what --json and ``show`` print."""
+    if when is None:
+        return None
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _delivery_json(row: DeliveryRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "webhook": row.webhook,
+        "state": row.state,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "room_id": row.room_id,
+        "attempts": row.attempts,
+        "created_at": _time(row.created_at),
+        "next_attempt_at": _time(row.next_attempt_at) if row.state == PENDING else None,
+        "delivered_at": _time(row.delivered_at),
+        "last_attempt_at": _time(row.last_attempt_at),
+        "last_status": row.last_status,
+        "last_error": row.last_error,
+    }
+
+
+def _attempt_json(row: AttemptRow) -> dict[str, Any]:
+    return {
+        "number": row.number,
+        "at": _time(row.attempted_at),
+        "duration_ms": round(row.duration_ms, 1),
+        "status": row.status,
+        "error": row.error,
+        "response": row.response,
+    }
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+async def deliveries(
+    config: Config, where: DeliveryFilter, *, limit: int, as_json: bool = False
+) -> str:
+    """The most recent deliveries matching ``where``, as a table or JSON."""
     now = utcnow()
     async with open_configured_store(config, apply_migrations=False) as store:
-        rows = await store.list_deliveries(state=state, webhook=webhook, limit=limit)
+        if where.webhook is not None and where.webhook not in {w.name for w in config.webhooks}:
+            _known_webhook(config, where.webhook, {w for w, _ in await store.outbox_counts()})
+        rows = await store.list_deliveries(where, limit=limit)
+    if as_json:
+        return _dumps([_delivery_json(r) for r in rows])
     if not rows:
         return "no deliveries"
     lines = [f"{'id':>8}  {'webhook':<16} {'state':<9} {'tries':>5}  {'event':<36}  last"]
     for r in rows:
         last = f"{r.last_status or '-'} {r.last_error or ''}".strip()
-        when = _ago(r.next_attempt_at, now) if r.state == DeliveryState.PENDING else ""
+        when = _ago(r.next_attempt_at, now) if r.state == PENDING else ""
         lines.append(
             f"{r.id:>8}  {r.webhook:<16} {r.state:<9} {r.attempts:>5}  {r.event_id:<36}  "
             f"{last}{'  next ' + when if when else ''}"
@@ -84,8 +205,103 @@ async def deliveries(config: Config, *, state: str | None, webhook: str | None, 
     return "\n".join(lines)
 
 
-async def retry(config: Config, *, ids: Sequence[int], webhook: str | None) -> str:
-    """Make dead deliveries pending again; the running daemon picks them up."""
+async def show(config: Config, delivery_id: int, *, as_json: bool = False) -> str:
+    """One delivery and every attempt the attempt log holds for it."""
     async with open_configured_store(config, apply_migrations=False) as store:
+        row = await store.delivery(delivery_id)
+        if row is None:
+            raise UserError(f"no delivery {delivery_id}")
+        tries = await store.attempts_of(delivery_id)
+    if as_json:
+        return _dumps({**_delivery_json(row), "attempt_log": [_attempt_json(a) for a in tries]})
+    fields = _delivery_json(row)
+    lines = [f"delivery {row.id}"]
+    lines += [f"  {key}: {'-' if value is None else value}" for key, value in fields.items()][1:]
+    lines.append(f"attempts ({len(tries)}):" if tries else "attempts: none yet")
+    for a in tries:
+        answer = f"{a.status}" if a.status is not None else "no answer"
+        error = f" {a.error}" if a.error and a.error != f"HTTP {a.status}" else ""
+        lines.append(f"  #{a.number} {_time(a.attempted_at)} {answer}{error} {a.duration_ms:.0f}ms")
+        if a.response:
+            lines.append(f"      {a.response!r}"[:200])
+    return "\n".join(lines)
+
+
+async def retry(config: Config, *, ids: Sequence[int], webhook: str | None, all_dead: bool) -> str:
+    """Make dead deliveries pending again with a fresh schedule; the daemon picks them up.
+
+    Either ``ids`` or ``all_dead`` (every dead one, of ``webhook`` if given).
+    """
+    if not ids and not all_dead:
+        raise UserError("deliveries retry needs delivery ids or --dead")
+    if ids and all_dead:
+        raise UserError("deliveries retry takes delivery ids or --dead, not both")
+    _known_webhook(config, webhook)
+    skipped: list[str] = []
+    async with open_configured_store(config, apply_migrations=False) as store:
+        for delivery_id in dict.fromkeys(ids):
+            row = await store.delivery(delivery_id)
+            if row is None:
+                raise UserError(f"no delivery {delivery_id}")
+            if row.state != DEAD:
+                skipped.append(f"delivery {delivery_id} is {row.state}, not dead")
         count = await store.retry(ids=ids, webhook=webhook, now=utcnow())
-    return f"{count} dead deliveries scheduled for a new attempt"
+    lines = [f"{count} dead deliveries scheduled for a new attempt"]
+    if skipped:
+        lines.append("left as they are: " + "; ".join(skipped) + " (see poller replay)")
+    return "\n".join(lines)
+
+
+def configured_webhook(config: Config, name: str) -> WebhookConfig:
+    """The configured webhook ``name``; a UserError listing the configured ones if none."""
+    for webhook in config.webhooks:
+        if webhook.name == name:
+            return webhook
+    raise _unknown_webhook(config, name)
+
+
+def replay_filter(
+    webhook: WebhookConfig,
+    *,
+    room_id: str | None = None,
+    event_type: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> EventFilter:
+    """The stored events a replay to ``webhook`` takes: what its own filters let through,
+    narrowed by the operator's."""
+
+    def narrowed(own: frozenset[str] | None, asked: str | None) -> frozenset[str] | None:
+        if asked is None:
+            return own
+        return frozenset({asked}) & own if own is not None else frozenset({asked})
+
+    return EventFilter(
+        room_ids=narrowed(webhook.rooms, room_id),
+        types=narrowed(webhook.event_types, event_type),
+        since=since,
+        until=until,
+    )
+
+
+async def replay_count(config: Config, webhook: str, which: EventFilter) -> int:
+    """How many stored events a replay would owe ``webhook`` again."""
+    async with open_configured_store(config, apply_migrations=False) as store:
+        return await store.replay(webhook, which, now=utcnow(), dry_run=True)
+
+
+def replay_preview(webhook: str, count: int) -> str:
+    """What a replay is about to do, shown before it asks."""
+    if not count:
+        return f"no stored events to replay to {webhook}"
+    return (
+        f"{count} stored events will be delivered again to {webhook} "
+        "(same webhook-id: receivers can drop what they already processed)"
+    )
+
+
+async def replay(config: Config, webhook: str, which: EventFilter) -> str:
+    """Owe ``webhook`` the selected stored events once more; the daemon delivers them."""
+    async with open_configured_store(config, apply_migrations=False) as store:
+        count = await store.replay(webhook, which, now=utcnow())
+    return f"{count} deliveries to {webhook} scheduled"

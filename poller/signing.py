@@ -6,11 +6,17 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+
+
+def generate_secret(nbytes: int = 32) -> str:
+    """A new Standard Webhooks secret: ``whsec_`` and the base64 of ``nbytes`` random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(nbytes)).decode()
 
 
 class InvalidSecret(ValueError):
@@ -49,12 +55,7 @@ class SigningKey:
 
     def headers(self, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
         """Return the three ``webhook-*`` headers for one attempt."""
-        ts = int(time.time()) if timestamp is None else timestamp
-        return {
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(ts),
-            "webhook-signature": self.signature(msg_id, ts, body),
-        }
+        return _headers((self,), msg_id, body, timestamp)
 
     def verify(
         self,
@@ -81,3 +82,35 @@ class SigningKey:
             if hmac.compare_digest(candidate, expected):
                 return msg_id
         raise InvalidSignature("no matching signature")
+
+
+@dataclass(frozen=True, slots=True)
+class RotatingKeys:
+    """A webhook's current key and the previous ones kept while its receiver switches:
+    each attempt carries one signature per key, space-separated (Standard Webhooks), so a
+    receiver that verifies with any one of the secrets accepts it."""
+
+    current: SigningKey
+    previous: tuple[SigningKey, ...] = ()
+
+    @classmethod
+    def from_secrets(cls, current: str, previous: tuple[str, ...] = ()) -> RotatingKeys:
+        """Decode every secret (InvalidSecret names none of them)."""
+        return cls(
+            SigningKey.from_secret(current), tuple(SigningKey.from_secret(p) for p in previous)
+        )
+
+    def headers(self, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+        """Return the three ``webhook-*`` headers for one attempt, signed with every key."""
+        return _headers((self.current, *self.previous), msg_id, body, timestamp)
+
+
+def _headers(
+    keys: tuple[SigningKey, ...], msg_id: str, body: bytes, timestamp: int | None
+) -> dict[str, str]:
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": " ".join(key.signature(msg_id, ts, body) for key in keys),
+    }

@@ -25,7 +25,7 @@ from poller.config.model import (
 from poller.config.schema import ConfigFile, HmsTable, WebhookTable
 from poller.config.secrets import read_secret
 from poller.config.values import HEADER_NAME
-from poller.signing import InvalidSecret
+from poller.signing import InvalidSecret, SigningKey
 
 __all__ = ["CONFIG_PATH_ENV", "DEFAULT_CONFIG_PATH", "load_config", "resolve_config_path"]
 
@@ -206,6 +206,7 @@ def _webhooks(
             src, (*loc, "rooms"), t.rooms, [r.id for r in rooms], "the [[rooms]] ids"
         )
         headers = _headers(src, (*loc, "headers"), t.headers)
+        previous = _previous_secrets(src, (*loc, "previous_secrets"), t.previous_secrets)
         try:
             webhook = WebhookConfig(
                 name=t.name,
@@ -217,11 +218,22 @@ def _webhooks(
                 max_concurrency=(
                     max_concurrency if t.max_concurrency is None else t.max_concurrency
                 ),
+                previous_secrets=previous,
             )
         except InvalidSecret as e:  # the message never carries the secret, nor does via()
             raise src.error((*loc, "secret"), f"{e}{secret.via()}") from None
         webhooks.append(webhook)
     return tuple(webhooks)
+
+
+def _previous_secrets(src: Source, loc: Loc, values: Sequence[str]) -> tuple[Secret, ...]:
+    """Each previous secret decoded once here, so that a bad one is named by its index."""
+    for index, value in enumerate(values):
+        try:
+            SigningKey.from_secret(value)
+        except InvalidSecret as e:  # the message never carries the secret
+            raise src.error((*loc, index), str(e)) from None
+    return tuple(Secret(value) for value in values)
 
 
 def _filter(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from poller.config.values import url_origin
-from poller.signing import SigningKey
+from poller.signing import RotatingKeys
 
 __all__ = [
     "Config",
@@ -115,12 +115,17 @@ class WebhookConfig:
     rooms: frozenset[str] | None  # None: all
     headers: tuple[tuple[str, str], ...]
     max_concurrency: int
-    # Derived from ``secret`` (so not compared): decoded once here, so that a bad secret
-    # fails at load time and every attempt signs with the same key without decoding again.
-    signing_key: SigningKey = field(init=False, repr=False, compare=False)
+    # Still signed with while receivers switch to ``secret`` (rotation), newest first.
+    previous_secrets: tuple[Secret, ...] = ()
+    # Derived from the secrets (so not compared): decoded once here, so that a bad secret
+    # fails at load time and every attempt signs with the same keys without decoding again.
+    signing_key: RotatingKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "signing_key", SigningKey.from_secret(self.secret.reveal()))
+        keys = RotatingKeys.from_secrets(
+            self.secret.reveal(), tuple(p.reveal() for p in self.previous_secrets)
+        )
+        object.__setattr__(self, "signing_key", keys)
 
     def matches(self, room_id: str, event_type: str) -> bool:
         """Whether an event of this room and type goes to this webhook."""

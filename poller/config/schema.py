@@ -353,6 +353,9 @@ class WebhookTable(_Table):
     """A Standard Webhooks secret, "whsec_..." (or secret_file, or the environment)."""
     secret_file: Text | None = None
     """A file holding the secret, relative to this file; ${CREDENTIALS_DIRECTORY} works."""
+    previous_secrets: list[Text] = Field(default_factory=list, repr=False)
+    """Secrets being rotated out: each attempt is signed with secret and with each of these,
+    so a receiver still verifying with an old one accepts it. Remove them once it switched."""
     event_types: Annotated[EventTypes | None, IfEmpty("omit it to receive all hms.event_types")] = (
         None
     )

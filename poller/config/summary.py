@@ -25,6 +25,11 @@ def _describe_webhook(webhook: WebhookConfig) -> list[str]:
         f"  {webhook.name}: {url_origin(webhook.url)}",
         f"    event types: {listed(webhook.event_types)}; rooms: {listed(webhook.rooms)}",
         f"    headers: {headers}; max concurrency: {webhook.max_concurrency}",
+        *(
+            [f"    signed with its secret and {len(webhook.previous_secrets)} previous (rotation)"]
+            if webhook.previous_secrets
+            else []
+        ),
     ]
 
 

@@ -11,11 +11,13 @@ import aiohttp
 
 from poller.config import WebhookConfig
 from poller.errors import one_line
-from poller.signing import SigningKey
+from poller.signing import RotatingKeys
 from poller.timeutil import parse_retry_after
 
-# Receivers may answer with a page of HTML; we only need the status.
+# Receivers may answer with a page of HTML; we only need the status, and the start
+# of the answer for the attempt log (what a receiver said when it refused).
 _MAX_RESPONSE_BYTES = 64 * 1024
+RESPONSE_EXCERPT_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +26,7 @@ class Target:
 
     name: str
     url: str = field(repr=False)  # may carry a token in its query string
-    key: SigningKey = field(repr=False)
+    key: RotatingKeys = field(repr=False)  # every attempt is signed with each of its keys
     headers: Mapping[str, str] = field(repr=False)
     max_concurrency: int
 
@@ -63,6 +65,7 @@ class Attempt:
     error: str | None
     retry_after: float | None
     duration: float
+    response: bytes = b""  # the answer's first RESPONSE_EXCERPT_BYTES
 
     @property
     def ok(self) -> bool:
@@ -89,6 +92,7 @@ class Sender:
         started = time.perf_counter()
         status: int | None = None
         retry_after: float | None = None
+        excerpt = bytearray()
         try:
             data = body.encode() if isinstance(body, str) else body
             headers = {
@@ -108,6 +112,11 @@ class Sender:
                 status = resp.status
                 if status in (429, 503):
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                # read(n) returns what has arrived: loop for the whole excerpt.
+                while len(excerpt) < RESPONSE_EXCERPT_BYTES and (
+                    chunk := await resp.content.read(RESPONSE_EXCERPT_BYTES - len(excerpt))
+                ):
+                    excerpt += chunk
                 await resp.content.read(_MAX_RESPONSE_BYTES)
             error = None if 200 <= status < 300 else f"HTTP {status}"
         except TimeoutError:
@@ -122,7 +131,8 @@ class Sender:
             error = f"request failed: {redacted(one_line(exc), target.private_values())}"
         if status is not None and 200 <= status < 300:
             error = None  # a response body cut short after a 2xx is still a delivery
-        return Attempt(status, error, retry_after, time.perf_counter() - started)
+        duration = time.perf_counter() - started
+        return Attempt(status, error, retry_after, duration, bytes(excerpt))
 
 
 def redacted(text: str, secrets: Iterable[str]) -> str:

@@ -182,7 +182,15 @@ class DeliveryWorker:
                 retry_at = self._policy.retry_at(now, attempt_no, attempt.retry_after)
                 outcome = AttemptOutcome.DEAD if retry_at is None else AttemptOutcome.RETRY
             kept = await self._outcomes.submit(
-                AttemptRecord(claim, now, attempt.status, attempt.error, retry_at)
+                AttemptRecord(
+                    claim,
+                    now,
+                    attempt.status,
+                    attempt.error,
+                    retry_at,
+                    duration=attempt.duration,
+                    response=attempt.response,
+                )
             )
         except Exception:
             # The attempt never raises, so the store failed to record it. Left claimed:

@@ -1,4 +1,4 @@
-"""The store's tables: seen events, per-room poll state, the delivery outbox."""
+"""The store's tables: seen events, per-room poll state, the delivery outbox and its attempts."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -125,4 +126,22 @@ deliveries = Table(
     UniqueConstraint("event_id", "webhook"),
     CheckConstraint(f"state IN {STATES!r}", name="state"),
     Index(None, "state", "webhook", "next_attempt_at"),
+)
+
+# Every finished attempt of a delivery, for operators (``poller deliveries show``);
+# written in the transaction that records the attempt on its delivery.
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),  # 1 for a delivery's first (or retried) try
+    Column("attempted_at", UTCDateTime(), nullable=False),  # when the attempt ended
+    Column("duration_ms", Float, nullable=False),
+    Column("status", Integer, nullable=True),  # None: no HTTP answer
+    Column("error", Text, nullable=True),  # None: delivered
+    # The answer's first KiB (poller.delivery.sender), decoded as UTF-8 with invalid
+    # bytes replaced: what a receiver said when it refused, enough to tell why.
+    Column("response", Text, nullable=True),
+    Index(None, "delivery_id"),
 )

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Interval, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from poller.store.base import (
@@ -20,9 +32,17 @@ from poller.store.base import (
     db_now,
     translated,
 )
-from poller.store.models import deliveries, events
+from poller.store.models import attempts, deliveries, events
 
-__all__ = ["AttemptRecord", "Claim", "DeliveryRow", "Outbox"]
+__all__ = [
+    "AttemptRecord",
+    "AttemptRow",
+    "Claim",
+    "DeliveryFilter",
+    "DeliveryRow",
+    "EventFilter",
+    "Outbox",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +64,7 @@ class AttemptRecord:
 
     Both times are the caller's clock; on a store timed by the database's clock the
     retry keeps its delay (``retry_at - now``), counted from the database's "now".
+    ``duration`` and ``response`` (the answer's first bytes) go to the attempt log.
     """
 
     claim: Claim
@@ -51,10 +72,14 @@ class AttemptRecord:
     status: int | None
     error: str | None = None
     retry_at: dt.datetime | None = None
+    duration: float = 0.0  # seconds
+    response: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRow:
+    """One delivery as operators see it, with its event's room and type."""
+
     id: int
     event_id: str
     webhook: str
@@ -62,9 +87,75 @@ class DeliveryRow:
     attempts: int
     created_at: dt.datetime
     next_attempt_at: dt.datetime
+    delivered_at: dt.datetime | None
     last_attempt_at: dt.datetime | None
     last_status: int | None
     last_error: str | None
+    room_id: str
+    event_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which stored events a replay takes; None matches everything. ``since`` and
+    ``until`` bound when poller saw the event (``until`` excluded)."""
+
+    room_ids: frozenset[str] | None = None
+    types: frozenset[str] | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        """The conditions on ``events``."""
+        cond: list[ColumnElement[bool]] = []
+        if self.room_ids is not None:
+            cond.append(events.c.room_id.in_(sorted(self.room_ids)))
+        if self.types is not None:
+            cond.append(events.c.type.in_(sorted(self.types)))
+        if self.since is not None:
+            cond.append(events.c.seen_at >= self.since)
+        if self.until is not None:
+            cond.append(events.c.seen_at < self.until)
+        return cond
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries an operator asks for; None matches everything. ``since`` and
+    ``until`` bound when the delivery was created (``until`` excluded)."""
+
+    state: str | None = None
+    webhook: str | None = None
+    room_id: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        """The conditions, on ``deliveries`` joined with ``events``."""
+        cond: list[ColumnElement[bool]] = []
+        if self.state is not None:
+            cond.append(deliveries.c.state == self.state)
+        if self.webhook is not None:
+            cond.append(deliveries.c.webhook == self.webhook)
+        if self.room_id is not None:
+            cond.append(events.c.room_id == self.room_id)
+        if self.since is not None:
+            cond.append(deliveries.c.created_at >= self.since)
+        if self.until is not None:
+            cond.append(deliveries.c.created_at < self.until)
+        return cond
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One attempt as the attempt log kept it."""
+
+    number: int
+    attempted_at: dt.datetime  # when it ended
+    duration_ms: float
+    status: int | None
+    error: str | None
+    response: str | None
 
 
 class Outbox(StoreBase):
@@ -148,6 +239,7 @@ class Outbox(StoreBase):
             )
             kept: list[bool] = []
             shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            log: list[dict[str, Any]] = []
             for record in records:
                 delivery_id = record.claim.delivery_id
                 kept.append(delivery_id in held)
@@ -157,6 +249,7 @@ class Outbox(StoreBase):
                 values = _attempt_values(record)
                 params = self._attempt_params(record, values)
                 shapes.setdefault(tuple(values), []).append({"p_id": delivery_id, **params})
+                log.append(self._log_row(record))
             for names, rows in shapes.items():
                 await conn.execute(
                     update(deliveries)
@@ -164,7 +257,32 @@ class Outbox(StoreBase):
                     .values({**self._attempt_columns(names), **_COUNT_ATTEMPT}),
                     rows,
                 )
+            if log:
+                # One multi-row INSERT for the whole batch (executemany is rendered as
+                # VALUES lists), so the log costs one statement per batch, not per attempt.
+                await conn.execute(self._insert_attempts, log)
         return kept
+
+    @functools.cached_property
+    def _insert_attempts(self) -> Any:
+        if self.clock is StoreClock.DATABASE:
+            # The same "now" as the delivery's last_attempt_at (see _attempt_columns).
+            return attempts.insert().values(attempted_at=db_now())
+        return attempts.insert()
+
+    def _log_row(self, record: AttemptRecord) -> dict[str, Any]:
+        """The attempt log's row of one record (``_insert_attempts`` sets the rest)."""
+        row: dict[str, Any] = {
+            "delivery_id": record.claim.delivery_id,
+            "number": record.claim.attempts + 1,
+            "duration_ms": round(record.duration * 1000, 3),
+            "status": record.status,
+            "error": record.error,
+            "response": record.response.decode("utf-8", "replace") if record.response else None,
+        }
+        if self.clock is not StoreClock.DATABASE:
+            row["attempted_at"] = record.now
+        return row
 
     def _attempt_params(self, record: AttemptRecord, values: dict[str, Any]) -> dict[str, Any]:
         """Bound parameters for ``_attempt_values``: on the database's clock the attempt's
@@ -250,28 +368,90 @@ class Outbox(StoreBase):
 
     @translated
     async def list_deliveries(
-        self, *, state: str | None = None, webhook: str | None = None, limit: int = 50
+        self, where: DeliveryFilter | None = None, *, limit: int = 50
     ) -> list[DeliveryRow]:
-        """The most recent deliveries, newest first, optionally filtered."""
-        query = select(
-            deliveries.c.id,
-            deliveries.c.event_id,
-            deliveries.c.webhook,
-            deliveries.c.state,
-            deliveries.c.attempts,
-            deliveries.c.created_at,
-            deliveries.c.next_attempt_at,
-            deliveries.c.last_attempt_at,
-            deliveries.c.last_status,
-            deliveries.c.last_error,
+        """The most recent deliveries, newest first."""
+        query = (
+            _DELIVERY_ROWS.where(*(where or DeliveryFilter()).where())
+            .order_by(deliveries.c.id.desc())
+            .limit(limit)
         )
-        if state is not None:
-            query = query.where(deliveries.c.state == state)
-        if webhook is not None:
-            query = query.where(deliveries.c.webhook == webhook)
         async with self._engine.connect() as conn:
-            rows = await conn.execute(query.order_by(deliveries.c.id.desc()).limit(limit))
-            return [DeliveryRow(**row._mapping) for row in rows]
+            return [DeliveryRow(**row._mapping) for row in await conn.execute(query)]
+
+    @translated
+    async def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        """One delivery, or None when there is no such id."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_DELIVERY_ROWS.where(deliveries.c.id == delivery_id))).first()
+        return None if row is None else DeliveryRow(**row._mapping)
+
+    @translated
+    async def replay(
+        self, webhook: str, which: EventFilter, *, now: dt.datetime, dry_run: bool = False
+    ) -> int:
+        """Owe ``webhook`` the stored events ``which`` selects once more; returns how many.
+
+        Each event's delivery is made pending again with a fresh schedule (its attempt
+        log keeps what went before), or created where there was none; one still
+        pending is left as it is, already owed. ``dry_run`` only counts.
+        """
+        mine = and_(deliveries.c.event_id == events.c.id, deliveries.c.webhook == webhook)
+        pending = exists().where(mine, deliveries.c.state == PENDING)
+        selected = select(events.c.id).where(*which.where(), ~pending)
+        async with self._engine.begin() as conn:
+            if dry_run:
+                return int(
+                    await conn.scalar(select(func.count()).select_from(selected.subquery())) or 0
+                )
+            at = self._at(now)
+            done = await conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.webhook == webhook,
+                    deliveries.c.state != PENDING,
+                    # One delivery per (event, webhook): not pending means none is.
+                    deliveries.c.event_id.in_(select(events.c.id).where(*which.where())),
+                )
+                .values(
+                    state=PENDING,
+                    attempts=0,
+                    created_at=at,
+                    next_attempt_at=at,
+                    delivered_at=None,
+                    last_error=None,
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+            missing = select(
+                events.c.id, literal(webhook), literal(str(PENDING)), literal(0), at, at
+            ).where(*which.where(), ~exists().where(mine))
+            created = await conn.execute(
+                deliveries.insert().from_select(
+                    ["event_id", "webhook", "state", "attempts", "created_at", "next_attempt_at"],
+                    missing,
+                )
+            )
+        return int(done.rowcount) + int(created.rowcount)
+
+    @translated
+    async def attempts_of(self, delivery_id: int) -> list[AttemptRow]:
+        """Every attempt of one delivery, oldest first."""
+        query = (
+            select(
+                attempts.c.number,
+                attempts.c.attempted_at,
+                attempts.c.duration_ms,
+                attempts.c.status,
+                attempts.c.error,
+                attempts.c.response,
+            )
+            .where(attempts.c.delivery_id == delivery_id)
+            .order_by(attempts.c.id)
+        )
+        async with self._engine.connect() as conn:
+            return [AttemptRow(**row._mapping) for row in await conn.execute(query)]
 
     @translated
     async def retry(
@@ -307,6 +487,22 @@ async def _bodies(conn: AsyncConnection, ids: set[str]) -> dict[str, str]:
     rows = await conn.execute(select(events.c.id, events.c.body).where(events.c.id.in_(ids)))
     return {row.id: row.body for row in rows}
 
+
+_DELIVERY_ROWS = select(
+    deliveries.c.id,
+    deliveries.c.event_id,
+    deliveries.c.webhook,
+    deliveries.c.state,
+    deliveries.c.attempts,
+    deliveries.c.created_at,
+    deliveries.c.next_attempt_at,
+    deliveries.c.delivered_at,
+    deliveries.c.last_attempt_at,
+    deliveries.c.last_status,
+    deliveries.c.last_error,
+    events.c.room_id,
+    events.c.type.label("event_type"),
+).join(events, events.c.id == deliveries.c.event_id)
 
 _COUNT_ATTEMPT = {"attempts": deliveries.c.attempts + 1}
 # Columns an attempt sets to when it ended.

@@ -8,13 +8,24 @@ from __future__ import annotations
 
 from poller.store.base import store_error
 from poller.store.leases import Leases, RoomLease
-from poller.store.outbox import AttemptRecord, Claim, DeliveryRow, Outbox
+from poller.store.outbox import (
+    AttemptRecord,
+    AttemptRow,
+    Claim,
+    DeliveryFilter,
+    DeliveryRow,
+    EventFilter,
+    Outbox,
+)
 from poller.store.seen import PageOutcome, SeenEvents, WebhookFilter
 
 __all__ = [
     "AttemptRecord",
+    "AttemptRow",
     "Claim",
+    "DeliveryFilter",
     "DeliveryRow",
+    "EventFilter",
     "PageOutcome",
     "RoomLease",
     "Store",

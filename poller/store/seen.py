@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, delete, exists, select
 
 from poller.events import Event
 from poller.store.base import DELIVERED, PENDING, StoreBase, translated
-from poller.store.models import deliveries, events
+from poller.store.models import attempts, deliveries, events
 
 __all__ = ["PageOutcome", "SeenEvents", "WebhookFilter"]
 
@@ -132,6 +132,8 @@ class SeenEvents(StoreBase):
                 ids = (await conn.execute(victims)).scalars().all()
                 if not ids:
                     return total
+                owed_by = select(deliveries.c.id).where(deliveries.c.event_id.in_(ids))
+                await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(owed_by)))
                 await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(ids)))
                 await conn.execute(delete(events).where(events.c.id.in_(ids)))
             total += len(ids)

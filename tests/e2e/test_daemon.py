@@ -430,7 +430,7 @@ async def test_always_failing_receiver_makes_a_dead_delivery_that_can_be_retried
     assert len([r for r in receiver.received if r.msg_id == event["id"]]) == len(schedule) + 1
 
     receiver.heal("all")
-    code, out, err = await poller_cli("deliveries", "retry", "-c", str(config))
+    code, out, err = await poller_cli("deliveries", "retry", "--dead", "-c", str(config))
     assert code == 0, err
     assert "1 dead deliveries" in out
     await wait_delivered(receiver, {("all", event["id"])}, daemon, timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import socket
@@ -14,10 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from poller import __version__
 from poller.config import Secret, WebhookConfig
-from poller.delivery.sender import Attempt, Sender, Target, redacted
+from poller.delivery.sender import RESPONSE_EXCERPT_BYTES, Attempt, Sender, Target, redacted
 from poller.receiver import Receiver
 from tests.conftest import make_secret
 
@@ -234,6 +236,50 @@ async def test_2xx_whose_body_stalls_is_still_delivered(
     quick = Sender(session, timeout=0.3, user_agent=USER_AGENT)
     attempt = await quick.send(target(f"{await serve(app)}/in"), "m", BODY)
     assert (attempt.status, attempt.error) == (200, None)
+
+
+async def test_the_answers_first_kib_is_kept_even_when_it_arrives_in_pieces(
+    serve: Serve, sender: Sender
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=422)
+        await resp.prepare(request)  # chunked: the client sees the pieces as they come
+        for piece in (b'{"error":', b'"bad ' + b"x" * 600, b"y" * 3000 + b'"}'):
+            await resp.write(piece)
+            await asyncio.sleep(0.01)  # separate reads on the client side
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/in", handler)
+    attempt = await sender.send(target(f"{await serve(app)}/in"), "m", BODY)
+    assert (attempt.status, attempt.error) == (422, "HTTP 422")
+    assert len(attempt.response) == RESPONSE_EXCERPT_BYTES == 1024
+    assert attempt.response == (b'{"error":"bad ' + b"x" * 600 + b"y" * 3000)[:1024]
+
+
+async def test_a_short_answer_is_kept_whole(receiver: Receiver, sender: Sender) -> None:
+    ok = await sender.send(target(receiver.url("all"), receiver.secrets["all"]), "m", BODY)
+    assert (ok.status, ok.response) == (204, b"")
+
+
+async def test_rotation_signs_each_attempt_with_every_secret(
+    receiver: Receiver, sender: Sender
+) -> None:
+    """A receiver that verifies with any one of the secrets alone accepts the attempt."""
+    old, older, current = receiver.secrets["all"], make_secret(), make_secret()
+    config = dataclasses.replace(
+        webhook(receiver.url("all"), current), previous_secrets=(Secret(old), Secret(older))
+    )
+    attempt = await sender.send(Target.from_config(config), EVENT_ID, BODY)
+    assert attempt.ok  # the receiver still knows only the old secret
+    (got,) = receiver.received
+    assert len(got.headers["webhook-signature"].split(" ")) == 3
+    for secret in (current, old, older):
+        assert Webhook(secret).verify(got.body, dict(got.headers))["id"] == EVENT_ID
+    with pytest.raises(WebhookVerificationError):
+        Webhook(make_secret()).verify(got.body, dict(got.headers))
 
 
 # --- failures -----------------------------------------------------------------------

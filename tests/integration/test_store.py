@@ -18,7 +18,7 @@ from poller.events import Event
 from poller.store.base import StoreClock
 from poller.store.db import create_engine, migrate
 from poller.store.models import deliveries, events
-from poller.store.repo import Claim, DeliveryRow, RoomLease, Store
+from poller.store.repo import Claim, DeliveryFilter, DeliveryRow, EventFilter, RoomLease, Store
 from tests.storeops import (
     acquire_room,
     engine_of,
@@ -705,21 +705,47 @@ async def test_list_deliveries_filters(store: Store) -> None:
     assert len(everything) == 6
     assert all(isinstance(d, DeliveryRow) for d in everything)
     assert [d.id for d in everything] == sorted((d.id for d in everything), reverse=True)
+    assert {(d.room_id, d.event_type) for d in everything} == {(ROOM, RECORDING)}
 
-    dead = await store.list_deliveries(state="dead")
+    dead = await store.list_deliveries(DeliveryFilter(state="dead"))
     assert [(d.id, d.event_id, d.webhook) for d in dead] == [(b.delivery_id, b.event_id, "h")]
     assert (dead[0].attempts, dead[0].last_status, dead[0].last_error) == (1, 500, "HTTP 500")
     assert dead[0].created_at == NOW
     assert dead[0].last_attempt_at == NOW
+    assert dead[0].delivered_at is None
+    assert await store.delivery(a.delivery_id) == next(
+        d for d in everything if d.id == a.delivery_id
+    )
+    assert (await store.delivery(a.delivery_id)).delivered_at == NOW  # type: ignore[union-attr]
+    assert await store.delivery(10**9) is None
 
-    g_rows = await store.list_deliveries(webhook="g")
+    g_rows = await store.list_deliveries(DeliveryFilter(webhook="g"))
     assert {d.event_id for d in g_rows} == {e.id for e in page}
     assert all(d.state == "pending" for d in g_rows)
-    pending_h = await store.list_deliveries(webhook="h", state="pending")
+    pending_h = await store.list_deliveries(DeliveryFilter(webhook="h", state="pending"))
     assert [d.event_id for d in pending_h] == [page[2].id]
     newest_two = await store.list_deliveries(limit=2)
     assert [d.id for d in newest_two] == [d.id for d in everything[:2]]
-    assert await store.list_deliveries(webhook="nobody") == []
+    assert await store.list_deliveries(DeliveryFilter(webhook="nobody")) == []
+
+
+async def test_list_deliveries_by_room_and_creation_time(store: Store) -> None:
+    early = await seed(store, 2, now=NOW)
+    late = await seed(store, 1, start=2, now=NOW + seconds(3600), room=OTHER_ROOM)
+
+    def ids(rows: Sequence[DeliveryRow]) -> set[str]:
+        return {r.event_id for r in rows}
+
+    assert ids(await store.list_deliveries(DeliveryFilter(room_id=OTHER_ROOM))) == {late[0].id}
+    assert ids(await store.list_deliveries(DeliveryFilter(room_id=ROOM))) == {e.id for e in early}
+    later = DeliveryFilter(since=NOW + seconds(1))
+    assert ids(await store.list_deliveries(later)) == {late[0].id}
+    # ``since`` includes its instant, ``until`` excludes its own.
+    assert len(await store.list_deliveries(DeliveryFilter(since=NOW))) == 3
+    assert ids(await store.list_deliveries(DeliveryFilter(until=NOW + seconds(3600)))) == {
+        e.id for e in early
+    }
+    assert await store.list_deliveries(DeliveryFilter(room_id=ROOM, since=NOW + seconds(1))) == []
 
 
 async def test_retry_dead_deliveries(store: Store) -> None:
@@ -864,3 +890,37 @@ async def test_concurrent_mark_after_expiry_has_one_winner_on_postgresql(pg_url:
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+# --- replay ---------------------------------------------------------------------------
+
+
+async def test_replay_owes_stored_events_again_and_leaves_pending_ones(store: Store) -> None:
+    a_events = await seed(store, 3, hooks=[H])
+    (b_event,) = await seed(store, 1, start=3, hooks=[], room=OTHER_ROOM, now=NOW + seconds(60))
+    first, second, third = await store.claim("h", 3, ttl=TTL, now=NOW)
+    await mark_delivered(store, first, status=200, now=NOW)
+    await mark_failed(store, second, status=500, error="HTTP 500", retry_at=None, now=NOW)
+    await store.release_claims([third])  # still pending
+
+    everything = EventFilter()
+    assert await store.replay("h", everything, now=NOW, dry_run=True) == 3
+    assert (
+        await store.replay("h", EventFilter(room_ids=frozenset({ROOM})), now=NOW, dry_run=True) == 2
+    )
+    assert await store.replay("h", EventFilter(since=NOW + seconds(1)), now=NOW, dry_run=True) == 1
+    assert await store.replay("h", EventFilter(types=frozenset({PEER_JOIN})), now=NOW) == 0
+
+    later = NOW + seconds(3600)
+    assert await store.replay("h", everything, now=later) == 3
+    rows = {r["event_id"]: r for r in await all_rows(store)}
+    assert len(rows) == 4  # one delivery per event and webhook, as before
+    for event in (a_events[0], a_events[1], b_event):
+        row_ = rows[event.id]
+        assert (row_["state"], row_["attempts"], row_["next_attempt_at"]) == ("pending", 0, later)
+        assert (row_["created_at"], row_["delivered_at"], row_["last_error"]) == (later, None, None)
+    assert rows[a_events[2].id]["created_at"] == NOW  # left as it was
+    # Everything is owed now: nothing more to replay until it is delivered.
+    assert await store.replay("h", everything, now=later, dry_run=True) == 0
+    claims = await store.claim("h", 10, ttl=TTL, now=later)
+    assert {c.event_id for c in claims} == {e.id for e in [*a_events, b_event]}

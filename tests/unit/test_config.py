@@ -33,6 +33,7 @@ from poller.config import (
 )
 from poller.config.values import stored_length
 from poller.errors import ConfigError
+from poller.parts import secrets_of
 from poller.signing import InvalidSecret, SigningKey
 from poller.store.models import deliveries, events, instances, rooms
 
@@ -1352,7 +1353,7 @@ def test_a_secret_file_must_not_hold_nul(tmp_path: Path) -> None:
 def test_webhook_signing_key_is_decoded_at_load(tmp_path: Path) -> None:
     (webhook,) = load(tmp_path, toml()).webhooks
 
-    assert webhook.signing_key == SigningKey.from_secret(WEBHOOK_SECRET)
+    assert webhook.signing_key.current == SigningKey.from_secret(WEBHOOK_SECRET)
     assert "signing_key" not in repr(webhook)
 
 
@@ -1436,3 +1437,40 @@ def test_describe_lists_at_most_ten_rooms(tmp_path: Path) -> None:
     shown = ", ".join(f"room-{i:02}" for i in range(10))
     assert f"rooms (13):  {shown} ... and 3 more" in text
     assert "room-10" not in text
+
+
+# --- secret rotation -----------------------------------------------------------------------
+
+
+def test_previous_secrets_sign_alongside_the_current_one_and_are_secrets(
+    tmp_path: Path,
+) -> None:
+    text = toml(webhooks=WEBHOOK + f'previous_secrets = ["{OTHER_WEBHOOK_SECRET}"]\n')
+    (webhook,) = load(tmp_path, text).webhooks
+    assert [p.reveal() for p in webhook.previous_secrets] == [OTHER_WEBHOOK_SECRET]
+    signature = webhook.signing_key.headers("msg", b"{}", timestamp=1)["webhook-signature"]
+    current = SigningKey.from_secret(WEBHOOK_SECRET).signature("msg", 1, b"{}")
+    previous = SigningKey.from_secret(OTHER_WEBHOOK_SECRET).signature("msg", 1, b"{}")
+    assert signature == f"{current} {previous}"
+    assert OTHER_WEBHOOK_SECRET in secrets_of(load(tmp_path, text))
+    assert OTHER_WEBHOOK_SECRET not in repr(webhook)
+    assert "1 previous" in describe(load(tmp_path, text))
+    assert OTHER_WEBHOOK_SECRET not in describe(load(tmp_path, text))
+    assert load(tmp_path, toml()).webhooks[0].previous_secrets == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "problem"),
+    [
+        (f'["{OTHER_WEBHOOK_SECRET}", "{BAD_WEBHOOK_SECRET}"]', "previous_secrets[1]", "base64"),
+        (f'["{SHORT_WEBHOOK_SECRET}"]', "previous_secrets[0]", "shorter than 16 bytes"),
+        (f'"{OTHER_WEBHOOK_SECRET}"', "previous_secrets", "an array of strings"),
+    ],
+)
+def test_a_bad_previous_secret_is_named_by_its_index_and_never_shown(
+    tmp_path: Path, value: str, key: str, problem: str
+) -> None:
+    error = load_error(tmp_path, toml(webhooks=WEBHOOK + f"previous_secrets = {value}\n"))
+    assert error.key == f"webhooks[0].{key}"
+    assert problem in error.problem
+    assert_no_secret(str(error))
