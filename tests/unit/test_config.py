@@ -33,7 +33,7 @@ from poller.config import (
 )
 from poller.config.values import stored_length
 from poller.errors import ConfigError
-from poller.parts import secrets_of
+from poller.redaction import secrets_of
 from poller.signing import InvalidSecret, SigningKey
 from poller.store.models import deliveries, events, instances, rooms
 
