@@ -335,7 +335,7 @@ def test_any_bytes_load_or_fail_with_one_clear_line(data: bytes) -> None:
 
 
 # A subprocess costs about a second: a handful of documents, more in the long form.
-@settings(max_examples=max(4, settings.default.max_examples // 60))
+@settings(max_examples=max(5, settings.default.max_examples // 200))
 @given(text=mutated_config())
 def test_check_config_exits_0_or_2_without_a_traceback(text: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
