@@ -18,7 +18,18 @@ class ConfigError(UserError):
         self.key = key
         self.problem = problem
         where = f"{self.path}: {key}" if key else self.path
-        super().__init__(f"{where}: {problem}")
+        super().__init__(printable(f"{where}: {problem}"))
+
+
+def printable(text: str) -> str:
+    """``text`` with control and other unprintable characters escaped, so it is one line.
+
+    Why: a message quotes the user's names (a file path, an unknown key, a secret file's
+    name), and a newline or NUL in one must not break "one line on stderr".
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def one_line(exc: BaseException, *, limit: int = 300) -> str:

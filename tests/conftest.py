@@ -323,6 +323,6 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with its kind, from its folder: ``-m unit`` runs the fast part."""
     for item in items:
-        for kind in ("unit", "integration", "e2e"):
+        for kind in ("unit", "integration", "e2e", "fuzz", "chaos"):
             if f"/tests/{kind}/" in str(item.path).replace("\\", "/"):
                 item.add_marker(kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 from poller.config.values import type_name
 
@@ -34,7 +35,10 @@ def parse_duration(value: object) -> float:
             multiplier, divisor = _UNIT_SECONDS[unit]
             seconds += float(number) * multiplier / divisor
     else:
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer past float's range, which TOML allows
+            raise ValueError("must be a finite duration") from None
     if not math.isfinite(seconds):
         raise ValueError("must be a finite duration")
     if seconds < 0:
@@ -49,7 +53,10 @@ def format_duration(seconds: float) -> str:
     if seconds == 0:
         return "0s"
     if seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        millis_text = f"{seconds * 1000:g}"
+        if "e" in millis_text:  # below 0.0001ms: written out, as the parser reads no exponent
+            millis_text = format(Decimal(millis_text), "f")
+        return f"{millis_text}ms"
     millis = round(seconds * 1000)
     hours, rest = divmod(millis, 3_600_000)
     minutes, rest = divmod(rest, 60_000)

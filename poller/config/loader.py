@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -102,6 +103,12 @@ def _read_toml(src: Source) -> dict[str, object]:
     except tomllib.TOMLDecodeError as e:
         # tomllib's messages name the line and column, never the offending text.
         raise src.error((), f"invalid TOML: {e}") from None
+    except ValueError:
+        # Not a TOMLDecodeError: int() refusing a literal of more digits than Python reads.
+        problem = f"invalid TOML: an integer of more than {sys.get_int_max_str_digits()} digits"
+        raise src.error((), problem) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise src.error((), "invalid TOML: arrays or tables nested too deeply") from None
 
 
 def _unique(src: Source, items: Iterable[tuple[Loc, str]], what: str = "") -> None:

@@ -72,6 +72,8 @@ def _from_file(src: Source, loc: Loc, raw: str) -> Sourced:
         raise src.error(loc, f"cannot read {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise src.error(loc, f"{path} is not UTF-8 text") from None
+    except ValueError:  # open() refuses a path with NUL in it before asking the OS
+        raise src.error(loc, "a file name may not contain NUL characters") from None
     # Files written by `echo` or editors end in a newline that is not part of the secret.
     value = text.strip()
     if not value:

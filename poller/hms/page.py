@@ -64,13 +64,20 @@ class _Entry(msgspec.Struct):
     id: str
     type: str
     data: dict[str, msgspec.Raw]
-    timestamp: Any = None  # kept in the store only when it is a short string
+    # Kept in the store only when it is a short string. Raw: read as Any, a number past
+    # a float's range (1e400) failed the whole entry, and the event was never delivered.
+    timestamp: msgspec.Raw = msgspec.Raw(b"null")
 
+
+# msgspec raises RecursionError, not DecodeError, for JSON nested too deeply for it
+# (a few thousand levels): such a body is unreadable the same way.
+_UNREADABLE = (msgspec.DecodeError, RecursionError)
 
 _HEAD = msgspec.json.Decoder(_Head)
 _HEAD_PAGE = msgspec.json.Decoder(_HeadPage)
 _RAW_PAGE = msgspec.json.Decoder(_RawPage)
 _ENTRY = msgspec.json.Decoder(_Entry)
+_TEXT = msgspec.json.Decoder(str)
 _ENCODER = msgspec.json.Encoder()
 
 # An entry of a slowly parsed page: its JSON bytes, or why it is unusable.
@@ -126,7 +133,7 @@ def parse_page(body: bytes, *, max_events: int) -> Page:
     """Read a page's ids and cursor; raise MalformedPage when the body is not a page."""
     try:
         doc = _HEAD_PAGE.decode(body)
-    except msgspec.DecodeError:
+    except _UNREADABLE:
         # Some entry is odd (or the JSON is: NaN, a lone surrogate): per entry, slowly.
         return _parse_slowly(body, max_events)
     heads = doc.events or []
@@ -145,7 +152,7 @@ def parse_page(body: bytes, *, max_events: int) -> Page:
 def _parse_slowly(body: bytes, max_events: int) -> Page:
     try:
         doc = _RAW_PAGE.decode(body)
-    except msgspec.DecodeError:
+    except _UNREADABLE:
         raws, next_ = _parse_with_stdlib(body)
     else:
         raws, next_ = list(doc.events or ()), doc.next
@@ -169,7 +176,7 @@ def _head_of(raw: bytes | msgspec.Raw) -> str | Skipped:
         head = _ENTRY.decode(raw)
     except msgspec.ValidationError as exc:
         return Skipped(_raw_id(raw), _validation_reason(exc))
-    except msgspec.DecodeError:
+    except _UNREADABLE:
         return Skipped(None, "not JSON")
     problem = _head_problem(head.id, head.type)
     return head.id if problem is None else Skipped(_loggable(head.id), problem)
@@ -269,10 +276,13 @@ def _to_event(entry: _Entry, raw: bytes | msgspec.Raw, room_id: str) -> Event | 
     )
 
 
-def _timestamp(value: object) -> str:
+def _timestamp(raw: msgspec.Raw) -> str:
     """The event's timestamp for the store's column; odd ones are kept only in the body."""
-    ok = isinstance(value, str) and len(value) <= MAX_TIMESTAMP_LENGTH and "\x00" not in value
-    return value if ok and isinstance(value, str) else ""
+    try:
+        value = _TEXT.decode(raw)
+    except _UNREADABLE:  # not a string
+        return ""
+    return value if len(value) <= MAX_TIMESTAMP_LENGTH and "\x00" not in value else ""
 
 
 def _validation_reason(exc: msgspec.ValidationError) -> str:
@@ -289,7 +299,7 @@ def _validation_reason(exc: msgspec.ValidationError) -> str:
 def _raw_id(raw: bytes | msgspec.Raw) -> str | None:
     try:
         obj: Any = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except _UNREADABLE:
         return None
     return _obj_id(obj)
 

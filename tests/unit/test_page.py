@@ -91,3 +91,27 @@ def test_null_events_and_an_empty_cursor_are_an_empty_last_page() -> None:
 def test_too_many_events() -> None:
     with pytest.raises(MalformedPage, match="max_page_events"):
         parse_page(page(entry("a"), entry("b"), entry("c")), max_events=2)
+
+
+# Found by tests/fuzz/test_page_fuzz.py: msgspec raises RecursionError, not DecodeError,
+# for JSON nested a few thousand levels deep, and it escaped the parser.
+@pytest.mark.parametrize(
+    "body",
+    [
+        page("[" * 100_000 + "]" * 100_000),
+        page(entry("a", '{"x":' + "[" * 3000 + "]" * 3000 + "}")),
+    ],
+)
+def test_json_nested_too_deeply_is_a_malformed_page(body: bytes) -> None:
+    with pytest.raises(MalformedPage, match="not JSON"):
+        parse_page(body, max_events=10)
+
+
+@pytest.mark.parametrize("timestamp", ["1e400", "9" * 5000, "[1]", "null"])
+def test_an_event_with_an_odd_timestamp_is_delivered_with_it_in_the_body(timestamp: str) -> None:
+    # Found by the fuzzing: read as Any, 1e400 made the whole entry unusable.
+    p = parse_page(page(entry("a", timestamp=timestamp)), max_events=10)
+    found, unusable = p.events("room", frozenset(p.ids))
+    assert unusable == []
+    assert [e.timestamp for e in found] == [""]
+    assert f'"timestamp":{timestamp},' in found[0].body
