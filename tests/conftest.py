@@ -210,6 +210,27 @@ def daemon_config(
 # --- the daemon as a real process ---------------------------------------------------
 
 
+def delivered(receiver: Receiver, event_id: str) -> bool:
+    """Whether ``event_id`` reached the receiver (any webhook)."""
+    return any(r.msg_id == event_id for r in receiver.delivered())
+
+
+async def refused_start(config: Path) -> tuple[Path, str]:
+    """Run ``poller run`` expecting it to refuse to start: exit 2, no traceback.
+
+    Returns the config and the last stderr line (the one-line error)."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "poller", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    return config, done.stderr.strip().splitlines()[-1]
+
+
 class DaemonProcess:
     """``poller run`` in a subprocess, with a real NOTIFY_SOCKET to know when it is ready."""
 

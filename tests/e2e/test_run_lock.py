@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from poller.receiver import Receiver
 from poller.simulator import Simulator
-from tests.conftest import ConfigWriter, DaemonProcess, daemon_config
+from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, delivered, refused_start
 
 ROOM = "room-1"
-
-
-def delivered(receiver: Receiver, event_id: str) -> bool:
-    return any(r.msg_id == event_id for r in receiver.delivered())
 
 
 async def test_a_second_daemon_on_the_same_sqlite_file_exits_2_whatever_its_id(
@@ -32,20 +25,12 @@ async def test_a_second_daemon_on_the_same_sqlite_file_exits_2_whatever_its_id(
             "first.toml", instance_id="a", **daemon_config(simulator, receiver, url, rooms=[ROOM])
         )
     ).start()
-    second_config = write_config(
-        "second.toml", instance_id="b", **daemon_config(simulator, receiver, url, rooms=[ROOM])
+    second_config, last = await refused_start(
+        write_config(
+            "second.toml", instance_id="b", **daemon_config(simulator, receiver, url, rooms=[ROOM])
+        )
     )
-    second = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "poller", "run", "-c", str(second_config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert second.returncode == 2, second.stderr
-    lines = second.stderr.strip().splitlines()
-    assert "Traceback" not in second.stderr
-    assert lines[-1] == (
+    assert last == (
         f"poller: error: {second_config}: store.url: the store file {tmp_path / 'poller.db'} "
         f"is in use by another poller daemon (pid {first.proc.pid if first.proc else 0}); "
         "a SQLite store serves one daemon: stop the other, or use PostgreSQL for several "

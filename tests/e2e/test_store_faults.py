@@ -29,7 +29,7 @@ import pytest
 
 from poller.receiver import Receiver
 from poller.simulator import Simulator
-from tests.conftest import ConfigWriter, DaemonProcess, daemon_config
+from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, refused_start
 
 pytestmark = pytest.mark.e2e
 
@@ -95,7 +95,9 @@ class Watched:
 
 
 class Starter(Protocol):
-    def __call__(self, store_url: str, **sections: dict[str, Any]) -> Awaitable[Watched]: ...
+    def __call__(
+        self, store_url: str, *, poll: dict[str, Any] | None = None
+    ) -> Awaitable[Watched]: ...
 
 
 @pytest.fixture
@@ -112,7 +114,7 @@ def start(
     daemons: Callable[..., DaemonProcess],
     http: aiohttp.ClientSession,
 ) -> Starter:
-    async def start(store_url: str, **sections: dict[str, Any]) -> Watched:
+    async def start(store_url: str, *, poll: dict[str, Any] | None = None) -> Watched:
         port = free_port()
         tables = daemon_config(
             simulator,
@@ -120,7 +122,7 @@ def start(
             store_url,
             rooms=ROOMS,
             server={"listen": f"127.0.0.1:{port}"},
-            **sections,
+            poll=poll or {},
         )
         daemon = await daemons(write_config(**tables)).start()
         watched = Watched(daemon, port, http)
@@ -230,17 +232,9 @@ async def test_a_read_only_file_system_stops_a_start_with_one_line_until_it_is_w
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     try:
         during = await publish_and_expect(simulator, receiver, 6)
-        config = write_config(**daemon_config(simulator, receiver, url, rooms=ROOMS))
-        refused = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "poller", "run", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        config, last = await refused_start(
+            write_config(**daemon_config(simulator, receiver, url, rooms=ROOMS))
         )
-        assert refused.returncode == 2, refused.stderr
-        assert "Traceback" not in refused.stderr
-        last = refused.stderr.strip().splitlines()[-1]
         assert last.startswith(f"poller: error: {config}: store.url: "), last
         assert "Read-only file system" in last
     finally:

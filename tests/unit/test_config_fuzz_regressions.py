@@ -80,11 +80,11 @@ def test_parse_duration_of_a_huge_integer_is_a_value_error() -> None:
 
 
 def test_a_secret_file_name_with_nul_is_a_config_error(tmp_path: Path) -> None:
-    # open() raises ValueError ("embedded null byte") before asking the OS.
+    # open() would raise ValueError ("embedded null byte"): no config string holds NUL.
     error = error_of(tmp_path, config(secret='app_secret_file = "a\\u0000b"'))
     assert (error.key, error.problem) == (
         "hms.app_secret_file",
-        "a file name may not contain NUL characters",
+        "must not contain NUL characters",
     )
 
 
