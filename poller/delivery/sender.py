@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
-from poller.config import WebhookConfig
+from poller.config import WebhookConfig, url_secrets
 from poller.errors import one_line
+from poller.redaction import Redactor
 from poller.signing import RotatingKeys
 from poller.timeutil import parse_retry_after
 
@@ -31,18 +31,10 @@ class Target:
     max_concurrency: int
 
     def private_values(self) -> Iterator[str]:
-        """What an error about this target must not show: its URL (userinfo, path, query,
-        fragment) and its static header values."""
+        """What an error about this target must not show: its URL, the URL's secret-bearing
+        parts (the same as the log redactor's) and its static header values."""
         yield self.url
-        try:
-            parts = urlsplit(self.url)
-            pieces = [parts.path, parts.query, parts.fragment, parts.username, parts.password]
-        except ValueError:  # a URL urlsplit refuses: only the whole of it is known
-            pieces = []
-        for piece in pieces:
-            if piece and piece != "/":
-                yield piece
-                yield unquote(piece)
+        yield from url_secrets(self.url)
         yield from self.headers.values()
 
     @classmethod
@@ -136,12 +128,8 @@ class Sender:
 
 
 def redacted(text: str, secrets: Iterable[str]) -> str:
-    """``text`` without any of ``secrets`` (as written or as repr() escapes them), in
-    characters every store can hold: printable, no NUL, no lone surrogates."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if not secret:
-            continue
-        text = text.replace(secret, "***")
-        text = text.replace(repr(secret)[1:-1], "***")
+    """``text`` without any of ``secrets`` (masked as the logs mask them), in characters
+    every store can hold: printable, no NUL, no lone surrogates."""
+    text = Redactor(secrets)(text)
     # PostgreSQL refuses NUL in text and no driver can encode a lone surrogate.
     return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?" for c in text)
