@@ -73,14 +73,8 @@ class Health:
     async def ready(self) -> list[Check]:
         """Is it doing its job?"""
         checks = self.live()
-        # A read answering is not enough: a full disk or a read-only file fails only
-        # writes, and a deleted file nothing at all (see poller.store.faults).
-        now = time.monotonic()
-        problems = [
-            f"{f.operation} failing for {now - f.since:.1f}s: {f.error}"
-            for f in self._faults.current(within=self._timings.store_fault_window)
-        ]
         schema: Check | None = None
+        failed = ""
         try:
             # A store that waits on a lock held elsewhere would hang the probe itself.
             async with asyncio.timeout(STORE_CHECK_TIMEOUT):
@@ -88,14 +82,20 @@ class Health:
         except TimeoutError:
             # Held up (a lock held by another process): a fault like any failure, so the
             # metrics and the log say so too. The next answer clears it.
-            problems.insert(0, f"no answer within {STORE_CHECK_TIMEOUT:g}s")
             self._faults.failed("answer", f"no answer within {STORE_CHECK_TIMEOUT:g}s")
         except (StoreError, SQLAlchemyError, OSError) as exc:
-            problems.insert(0, type(exc).__name__)
+            failed = type(exc).__name__  # a store's own failure is in the record already
         else:
             self._faults.succeeded("answer")
             schema = Check("schema", current == head, f"at {current}, expected {head}")
-        checks.append(Check("store", not problems, "; ".join(problems)))
+        # A read answering is not enough: a full disk or a read-only file fails only
+        # writes, and a deleted file nothing at all (see poller.store.faults).
+        now = time.monotonic()
+        problems = [
+            f"{f.operation} failing for {now - f.since:.1f}s: {f.error}"
+            for f in self._faults.current(within=self._timings.store_fault_window)
+        ] or ([failed] if failed else [])
+        checks.append(Check("store", schema is not None and not problems, "; ".join(problems)))
         if schema is not None:
             checks.append(schema)
         last = self.last_poll_at
