@@ -29,6 +29,8 @@ def upgrade() -> None:
         sa.Column("failing_since", UTCDateTime(), nullable=True),
         sa.Column("breaker_opened_at", UTCDateTime(), nullable=True),
         sa.Column("next_probe_at", UTCDateTime(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("last_error_at", UTCDateTime(), nullable=True),
         sa.CheckConstraint(
             "mode IN ('active', 'paused', 'disabled')", name=op.f("ck_webhooks_mode")
         ),

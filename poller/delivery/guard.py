@@ -60,9 +60,15 @@ class GuardStore(Protocol):
         only_from: Collection[WebhookMode] | None = None,
     ) -> bool: ...
 
-    async def webhook_failing(self, name: str, *, now: dt.datetime) -> dt.datetime | None: ...
+    async def webhook_failing(
+        self, name: str, *, error: str, now: dt.datetime
+    ) -> dt.datetime | None: ...
 
-    async def open_breaker(self, name: str, *, probe_after: float, now: dt.datetime) -> bool: ...
+    async def open_breaker(
+        self, name: str, *, error: str, probe_after: float, now: dt.datetime
+    ) -> bool: ...
+
+    async def probe_failed(self, name: str, *, error: str, now: dt.datetime) -> None: ...
 
     async def take_probe(self, name: str, *, interval: float, now: dt.datetime) -> bool: ...
 
@@ -209,9 +215,11 @@ class ReceiverGuard:
                 event = "breaker_closed" if was_open else "webhook_recovered"
                 self._log.info(event, webhook=name, failing_since=row.failing_since.isoformat())
             return True
+        error = attempt.error or "failed"
         if probe:
             if self._observer is not None:
                 self._observer.observe_probe(name, False)
+            await self._store.probe_failed(name, error=error, now=now)
             self._log.warning(
                 "breaker_probe_failed",
                 webhook=name,
@@ -220,10 +228,12 @@ class ReceiverGuard:
             )
             return False
         if row.failing_since is None:
-            since = await self._store.webhook_failing(name, now=now)
+            since = await self._store.webhook_failing(name, error=error, now=now)
             self._rows[name] = replace(self._rows[name], failing_since=since)
         elif row.breaker_opened_at is None and now - row.failing_since >= self._breaker_after:
-            opened = await self._store.open_breaker(name, probe_after=self._probe_interval, now=now)
+            opened = await self._store.open_breaker(
+                name, error=error, probe_after=self._probe_interval, now=now
+            )
             self._rows[name] = replace(self._rows[name], breaker_opened_at=now)
             if opened:
                 self._log.warning(

@@ -167,5 +167,8 @@ webhooks = Table(
     Column("failing_since", UTCDateTime(), nullable=True),
     Column("breaker_opened_at", UTCDateTime(), nullable=True),
     Column("next_probe_at", UTCDateTime(), nullable=True),
+    # The error that began the latest spell of failures, or of its breaker's probes.
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", UTCDateTime(), nullable=True),
     CheckConstraint(f"mode IN {MODES!r}", name="mode"),
 )

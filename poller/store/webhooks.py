@@ -32,6 +32,8 @@ class WebhookRow:
     failing_since: dt.datetime | None = None  # first failure since the last success
     breaker_opened_at: dt.datetime | None = None
     next_probe_at: dt.datetime | None = None
+    last_error: str | None = None  # began the latest spell of failures (or probe failed)
+    last_error_at: dt.datetime | None = None
 
     @property
     def state(self) -> WebhookState:
@@ -102,13 +104,16 @@ class WebhookStates(StoreBase):
         return bool(result.rowcount)
 
     @translated
-    async def webhook_failing(self, name: str, *, now: dt.datetime) -> dt.datetime | None:
-        """Start ``name``'s spell of failures at ``now`` unless one runs; return its start."""
+    async def webhook_failing(
+        self, name: str, *, error: str, now: dt.datetime
+    ) -> dt.datetime | None:
+        """Start ``name``'s spell of failures at ``now`` with ``error`` unless one runs;
+        return its start."""
         async with self._engine.begin() as conn:
             await conn.execute(
                 update(webhooks)
                 .where(webhooks.c.name == name, webhooks.c.failing_since.is_(None))
-                .values(failing_since=self._at(now))
+                .values(failing_since=self._at(now), last_error=error, last_error_at=self._at(now))
             )
             since = await conn.scalar(
                 select(webhooks.c.failing_since).where(webhooks.c.name == name)
@@ -116,18 +121,33 @@ class WebhookStates(StoreBase):
         return since if isinstance(since, dt.datetime) else None
 
     @translated
-    async def open_breaker(self, name: str, *, probe_after: float, now: dt.datetime) -> bool:
-        """Open ``name``'s breaker, first probe ``probe_after`` seconds on; False when it
-        was open already (another instance opened it)."""
+    async def open_breaker(
+        self, name: str, *, error: str, probe_after: float, now: dt.datetime
+    ) -> bool:
+        """Open ``name``'s breaker after ``error``, first probe ``probe_after`` seconds on;
+        False when it was open already (another instance opened it)."""
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(webhooks)
                 .where(webhooks.c.name == name, webhooks.c.breaker_opened_at.is_(None))
                 .values(
-                    breaker_opened_at=self._at(now), next_probe_at=self._after(now, probe_after)
+                    breaker_opened_at=self._at(now),
+                    next_probe_at=self._after(now, probe_after),
+                    last_error=error,
+                    last_error_at=self._at(now),
                 )
             )
         return bool(result.rowcount)
+
+    @translated
+    async def probe_failed(self, name: str, *, error: str, now: dt.datetime) -> None:
+        """Keep a failed probe's error as ``name``'s last."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(webhooks)
+                .where(webhooks.c.name == name)
+                .values(last_error=error, last_error_at=self._at(now))
+            )
 
     @translated
     async def take_probe(self, name: str, *, interval: float, now: dt.datetime) -> bool:
