@@ -170,6 +170,7 @@ def _attempt_json(row: AttemptRow) -> dict[str, Any]:
         "status": row.status,
         "error": row.error,
         "response": row.response,
+        "counted": row.counted,
     }
 
 
@@ -218,8 +219,9 @@ async def show(config: Config, delivery_id: int, *, as_json: bool = False) -> st
     for a in tries:
         answer = f"{a.status}" if a.status is not None else "no answer"
         error = f" {a.error}" if a.error and a.error != f"HTTP {a.status}" else ""
+        held = "" if a.counted else " (used up no retry: a breaker probe, or 410)"
         lines.append(
-            f"  #{a.number} {rfc3339(a.attempted_at)} {answer}{error} {a.duration_ms:.0f}ms"
+            f"  #{a.number} {rfc3339(a.attempted_at)} {answer}{error} {a.duration_ms:.0f}ms{held}"
         )
         if a.response:
             lines.append(f"      {a.response!r}"[:200])
