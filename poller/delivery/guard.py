@@ -246,11 +246,12 @@ class ReceiverGuard:
         return True
 
     async def _probe_due(self, target: Target, in_flight: int) -> bool:
-        """Whether this instance takes the breaker's next probe (at most one asks per
-        second; the store hands each probe to one instance)."""
+        """Whether this instance takes the breaker's next probe (it asks the store at most
+        every second, or twice per interval; the store hands each probe to one instance)."""
         if in_flight:
             return False  # the probe is still out, or attempts begun before it opened
-        if self._clock() - self._probe_asked.get(target.name, -math.inf) < REFRESH:
+        asked = self._probe_asked.get(target.name, -math.inf)
+        if self._clock() - asked < min(REFRESH, self._probe_interval / 2):
             return False
         self._probe_asked[target.name] = self._clock()
         return await self._store.take_probe(
