@@ -94,10 +94,10 @@ class Pacer:
 
     def available(self) -> int:
         """How many attempts could start within ``PACE_HORIZON`` from now."""
-        ahead = max(self._next, self._clock()) - self._clock()
-        if ahead > PACE_HORIZON:
+        ahead = max(0.0, self._next - self._clock())  # until the first free turn
+        if ahead >= PACE_HORIZON:
             return 0
-        return max(1, math.floor((PACE_HORIZON - ahead) / self._gap))
+        return math.ceil((PACE_HORIZON - ahead) / self._gap)
 
     def reserve(self) -> float:
         """Take the next start time; return the seconds to wait for it."""

@@ -426,9 +426,7 @@ async def test_410_disables_until_enabled_and_nothing_is_lost(
 
     code, out, err = await filled.cli("webhooks", "enable", "all")
     assert (code, err) == (0, "")
-    await wait_delivered(
-        filled.receiver, {("all", gone["id"]), ("all", kept["id"])}, filled.daemon
-    )
+    await wait_delivered(filled.receiver, {("all", gone["id"]), ("all", kept["id"])}, filled.daemon)
     code, out, _ = await filled.cli("webhooks", "enable", "all")
     assert out.strip() == "all is already active"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import random
 import time
 from collections.abc import Sequence
@@ -120,7 +121,7 @@ async def test_410_disables_the_webhook_until_enabled_and_loses_nothing(
         )
         assert await receiver.wait_for(lambda: len(receiver.delivered("all")) == 4, WAIT)
     attempt_log = await store.attempts_of(pending[0]["id"])
-    assert [(a.status, a.counted) for a in attempt_log][0] == (410, False)
+    assert (attempt_log[0].status, attempt_log[0].counted) == (410, False)
 
 
 # --- the circuit breaker ---------------------------------------------------------------
@@ -155,7 +156,7 @@ async def test_the_breaker_opens_probes_at_its_interval_and_closes_on_a_2xx(
         await asyncio.sleep(5 * probe_interval)
         probes = [r.arrived for r in receiver.received if r.arrived > opened + 0.1]
         assert 3 <= len(probes) <= 6, probes
-        gaps = [b - a for a, b in zip(probes, probes[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(probes)]
         assert min(gaps) >= probe_interval * 0.9, gaps
         after = await rows(store)
         assert sum(r["attempts"] for r in after) == before  # probes use up no retry
@@ -183,9 +184,7 @@ async def test_one_probe_per_interval_across_instances(store: Store) -> None:
     assert await store.webhook_failing("all", error="HTTP 500", now=now)
     assert await store.open_breaker("all", error="HTTP 500", probe_after=0.0, now=now)
     assert not await other.open_breaker("all", error="HTTP 500", probe_after=0.0, now=now)
-    taken = [
-        await s.take_probe("all", interval=60.0, now=utcnow()) for s in (store, other, store)
-    ]
+    taken = [await s.take_probe("all", interval=60.0, now=utcnow()) for s in (store, other, store)]
     assert taken == [True, False, False]
     assert await other.webhook_recovered("all")
     assert not await store.take_probe("all", interval=60.0, now=utcnow())  # closed
