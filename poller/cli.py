@@ -185,6 +185,23 @@ def cmd_send_test(args: argparse.Namespace, config: Config) -> int:
     return 0 if result.attempt.ok else 1
 
 
+def cmd_webhooks(args: argparse.Namespace, config: Config) -> int:
+    """List webhooks and their states, or pause, resume or enable one."""
+    from poller import webhooks
+
+    _configure_logs(config)
+    if args.action == "list":
+        if args.name is not None:
+            raise UserError("webhooks list takes no webhook name")
+        text = webhooks.list_webhooks(config, as_json=args.json)
+    else:
+        if args.name is None:
+            raise UserError(f"webhooks {args.action} needs a webhook name")
+        text = webhooks.set_mode(config, args.action, args.name)
+    _show(config, asyncio.run(text))
+    return 0
+
+
 def cmd_gen_secret() -> int:
     """Print a new webhook secret (needs no config)."""
     from poller.signing import generate_secret
@@ -305,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
     st = add("send-test", cmd_send_test, "post a signed sample event to a webhook")
     st.add_argument("--webhook", required=True, help="the webhook to test")
     st.add_argument("--json", action="store_true", help="print JSON")
+
+    wh = add("webhooks", cmd_webhooks, "list webhooks and their states; pause, resume, enable")
+    wh.add_argument(
+        "action",
+        choices=["list", "pause", "resume", "enable"],
+        nargs="?",
+        default="list",
+        help="list (default); pause W (deliveries kept pending), resume W; enable W "
+        "(after the receiver answered 410 Gone)",
+    )
+    wh.add_argument("name", nargs="?", metavar="W", help="the webhook")
+    wh.add_argument("--json", action="store_true", help="list: print JSON")
 
     # -c is accepted (and not needed) so that a wrapper passing it to every command works.
     sub.add_parser(

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from poller.delivery.sender import Attempt, Target
 from poller.hms.token import TokenProvider
 from poller.poll import FAILING_AFTER, PollResult
-from poller.states import AttemptOutcome, DeliveryState, PollOutcome
+from poller.states import AttemptOutcome, DeliveryState, PollOutcome, WebhookState
 from poller.store.faults import Faults
 from poller.store.repo import Claim, Store
 from poller.timeutil import utcnow
@@ -80,7 +80,7 @@ class Metrics:
         )
         self.deliveries = Counter(
             "poller_delivery_attempts",
-            "Delivery attempts by webhook and outcome (delivered, retry, dead, claim_lost).",
+            "Delivery attempts by webhook and outcome (delivered, retry, dead, held, claim_lost).",
             ["webhook", "outcome"],
             registry=r,
         )
@@ -108,6 +108,24 @@ class Metrics:
         self.oldest_pending = Gauge(
             "poller_oldest_pending_delivery_age_seconds",
             "Age of the oldest delivery still owed (0 when none).",
+            registry=r,
+        )
+        self.webhook_state = Gauge(
+            "poller_webhook_state",
+            "1 for each webhook's current state (active, paused, breaker_open, disabled).",
+            ["webhook", "state"],
+            registry=r,
+        )
+        self.probes = Counter(
+            "poller_breaker_probes",
+            "Probe attempts of webhooks whose circuit breaker is open, by outcome (ok, failed).",
+            ["webhook", "outcome"],
+            registry=r,
+        )
+        self.paced = Counter(
+            "poller_rate_limit_wait_seconds",
+            "Time deliveries waited for their turn under the webhook's rate_limit.",
+            ["webhook"],
             registry=r,
         )
 
@@ -162,8 +180,20 @@ class Metrics:
             seen_for = (utcnow() - claim.created_at).total_seconds()
             self.delivery_latency.labels(webhook=target.name).observe(max(0.0, seen_for))
 
+    def observe_probe(self, webhook: str, ok: bool) -> None:
+        self.probes.labels(webhook=webhook, outcome="ok" if ok else "failed").inc()
+
+    def observe_pacing(self, webhook: str, seconds: float) -> None:
+        self.paced.labels(webhook=webhook).inc(seconds)
+
     async def refresh(self, store: Store, webhooks: list[str]) -> None:
         """Read the outbox gauges from the store (at scrape time: they are the store's truth)."""
+        stored = await store.webhook_states()
+        for name in webhooks:
+            current = stored[name].state if name in stored else WebhookState.ACTIVE
+            for webhook_state in WebhookState:
+                held = webhook_state is current
+                self.webhook_state.labels(webhook=name, state=webhook_state).set(held)
         counts = await store.outbox_counts()
         for name in sorted(set(webhooks) | {w for w, _ in counts}):
             for state in DeliveryState:

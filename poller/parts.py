@@ -20,6 +20,7 @@ import structlog
 from poller import __version__
 from poller.config import Config
 from poller.coordination import Coordination
+from poller.delivery.guard import ReceiverGuard
 from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Sender, Target
 from poller.delivery.worker import DeliveryWorker
@@ -145,13 +146,21 @@ def build(config: Config, store: Store) -> Parts:
         on_response=metrics.observe_api,
         redact=redactor_of(config),
     )
+    targets = [Target.from_config(w) for w in config.webhooks]
     worker = DeliveryWorker(
         store,
         Sender(hook_session, timeout=config.delivery.timeout, user_agent=USER_AGENT),
-        [Target.from_config(w) for w in config.webhooks],
+        targets,
         RetryPolicy(config.delivery.retry_schedule),
         claim_ttl=timings.claim_ttl,
         on_attempt=metrics.observe_attempt,
+        guard=ReceiverGuard(
+            store,
+            targets,
+            breaker_after=config.delivery.breaker_after,
+            probe_interval=config.delivery.probe_interval,
+            observer=metrics,
+        ),
     )
     rooms = [room.id for room in config.rooms]
     coordination = Coordination(store, timings, rooms)

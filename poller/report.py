@@ -8,16 +8,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from poller.config import Config, WebhookConfig
+from poller.config.values import url_origin
 from poller.errors import UserError
 from poller.parts import open_configured_store
-from poller.states import DeliveryState
-from poller.store.repo import AttemptRow, DeliveryFilter, DeliveryRow, EventFilter
+from poller.states import DeliveryState, WebhookMode, WebhookState
+from poller.store.repo import AttemptRow, DeliveryFilter, DeliveryRow, EventFilter, WebhookRow
 from poller.timeutil import utcnow
 
 PENDING, DEAD = DeliveryState.PENDING, DeliveryState.DEAD
 
 
-def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
+def ago(when: dt.datetime | None, now: dt.datetime) -> str:
+    """``when`` relative to ``now``, for people: "12s ago", "3m ago", "in 5s", "never"."""
     if when is None:
         return "never"
     seconds = (now - when).total_seconds()
@@ -47,14 +49,17 @@ async def status(config: Config, *, as_json: bool = False) -> str:
         instances = await store.instance_states()
         counts = await store.outbox_counts()
         oldest = await store.oldest_pending()
+        states = await store.webhook_states()
     names = sorted({w.name for w in config.webhooks} | {w for w, _ in counts})
+    configured = {w.name: w for w in config.webhooks}
+    hooks = [webhook_json(n, configured.get(n), states.get(n), counts) for n in names]
     if as_json:
-        return _dumps(status_json(config, current, instances, rooms, counts, names, oldest))
+        return dumps(status_json(config, current, instances, rooms, hooks, oldest))
     lines = [f"store: {config.store.masked_url()} (schema {current})", "instances:"]
     for inst in instances:
         lines.append(
-            f"  {inst['id']}: started {_ago(inst['started_at'], now)}, "
-            f"last heartbeat {_ago(inst['heartbeat_at'], now)}"
+            f"  {inst['id']}: started {ago(inst['started_at'], now)}, "
+            f"last heartbeat {ago(inst['heartbeat_at'], now)}"
         )
     if not instances:
         lines.append("  none running")
@@ -70,14 +75,14 @@ async def status(config: Config, *, as_json: bool = False) -> str:
         baseline = "" if row["first_polled_at"] else ", no complete walk yet"
         owner = f", leased by {row['lease_owner']}" if row["lease_owner"] else ""
         lines.append(
-            f"  {room.id}: last success {_ago(row['last_success_at'], now)}, "
-            f"last poll {_ago(row['last_polled_at'], now)}{owner}{failing}{baseline}{error}"
+            f"  {room.id}: last success {ago(row['last_success_at'], now)}, "
+            f"last poll {ago(row['last_polled_at'], now)}{owner}{failing}{baseline}{error}"
         )
-    lines.append("deliveries (pending / delivered / dead):")
-    for name in names:
-        p, d, x = (counts.get((name, s), 0) for s in DeliveryState)
-        lines.append(f"  {name}: {p} / {d} / {x}")
-    lines.append(f"oldest pending delivery: {_ago(oldest, now) if oldest else 'none'}")
+    lines.append("webhooks (pending / delivered / dead, state):")
+    for hook in hooks:
+        p, d, x = (hook[s] for s in DeliveryState)
+        lines.append(f"  {hook['name']}: {p} / {d} / {x}, {describe_state(hook, now)}")
+    lines.append(f"oldest pending delivery: {ago(oldest, now) if oldest else 'none'}")
     return "\n".join(lines)
 
 
@@ -86,8 +91,7 @@ def status_json(
     schema: str | None,
     instances: Sequence[Mapping[str, Any]],
     rooms: Mapping[str, Mapping[str, Any]],
-    counts: Mapping[tuple[str, str], int],
-    webhooks: Sequence[str],
+    webhooks: Sequence[Mapping[str, Any]],
     oldest: dt.datetime | None,
 ) -> dict[str, Any]:
     """``poller status --json``: stable keys, times as RFC 3339 UTC, null when unknown."""
@@ -97,36 +101,28 @@ def status_json(
         return {
             "id": room_id,
             "polled": bool(row),
-            "first_polled_at": _time(row.get("first_polled_at")),
-            "last_polled_at": _time(row.get("last_polled_at")),
-            "last_success_at": _time(row.get("last_success_at")),
+            "first_polled_at": rfc3339(row.get("first_polled_at")),
+            "last_polled_at": rfc3339(row.get("last_polled_at")),
+            "last_success_at": rfc3339(row.get("last_success_at")),
             "last_error": row.get("last_error"),
             "failed_walks": row.get("failed_walks", 0),
             "lease_owner": row.get("lease_owner"),
         }
 
-    configured = {w.name for w in config.webhooks}
     return {
         "store": config.store.masked_url(),
         "schema": schema,
         "instances": [
             {
                 "id": i["id"],
-                "started_at": _time(i["started_at"]),
-                "heartbeat_at": _time(i["heartbeat_at"]),
+                "started_at": rfc3339(i["started_at"]),
+                "heartbeat_at": rfc3339(i["heartbeat_at"]),
             }
             for i in instances
         ],
         "rooms": [room(r.id) for r in config.rooms],
-        "webhooks": [
-            {
-                "name": name,
-                "configured": name in configured,
-                **{str(state): counts.get((name, state), 0) for state in DeliveryState},
-            }
-            for name in webhooks
-        ],
-        "oldest_pending_at": _time(oldest),
+        "webhooks": list(webhooks),
+        "oldest_pending_at": rfc3339(oldest),
     }
 
 
@@ -141,7 +137,7 @@ def _unknown_webhook(config: Config, name: str) -> UserError:
     return UserError(f"unknown webhook {name!r} (configured: {listed})")
 
 
-def _time(when: dt.datetime | None) -> str | None:
+def rfc3339(when: dt.datetime | None) -> str | None:
     """RFC 3339 in UTC, to the millisecond: what --json and ``show`` print."""
     if when is None:
         return None
@@ -157,10 +153,10 @@ def _delivery_json(row: DeliveryRow) -> dict[str, Any]:
         "event_type": row.event_type,
         "room_id": row.room_id,
         "attempts": row.attempts,
-        "created_at": _time(row.created_at),
-        "next_attempt_at": _time(row.next_attempt_at) if row.state == PENDING else None,
-        "delivered_at": _time(row.delivered_at),
-        "last_attempt_at": _time(row.last_attempt_at),
+        "created_at": rfc3339(row.created_at),
+        "next_attempt_at": rfc3339(row.next_attempt_at) if row.state == PENDING else None,
+        "delivered_at": rfc3339(row.delivered_at),
+        "last_attempt_at": rfc3339(row.last_attempt_at),
         "last_status": row.last_status,
         "last_error": row.last_error,
     }
@@ -169,15 +165,17 @@ def _delivery_json(row: DeliveryRow) -> dict[str, Any]:
 def _attempt_json(row: AttemptRow) -> dict[str, Any]:
     return {
         "number": row.number,
-        "at": _time(row.attempted_at),
+        "at": rfc3339(row.attempted_at),
         "duration_ms": round(row.duration_ms, 1),
         "status": row.status,
         "error": row.error,
         "response": row.response,
+        "counted": row.counted,
     }
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
+    """JSON for --json output: indented, non-ASCII kept as it is."""
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
@@ -191,13 +189,13 @@ async def deliveries(
             _known_webhook(config, where.webhook, {w for w, _ in await store.outbox_counts()})
         rows = await store.list_deliveries(where, limit=limit)
     if as_json:
-        return _dumps([_delivery_json(r) for r in rows])
+        return dumps([_delivery_json(r) for r in rows])
     if not rows:
         return "no deliveries"
     lines = [f"{'id':>8}  {'webhook':<16} {'state':<9} {'tries':>5}  {'event':<36}  last"]
     for r in rows:
         last = f"{r.last_status or '-'} {r.last_error or ''}".strip()
-        when = _ago(r.next_attempt_at, now) if r.state == PENDING else ""
+        when = ago(r.next_attempt_at, now) if r.state == PENDING else ""
         lines.append(
             f"{r.id:>8}  {r.webhook:<16} {r.state:<9} {r.attempts:>5}  {r.event_id:<36}  "
             f"{last}{'  next ' + when if when else ''}"
@@ -213,7 +211,7 @@ async def show(config: Config, delivery_id: int, *, as_json: bool = False) -> st
             raise UserError(f"no delivery {delivery_id}")
         tries = await store.attempts_of(delivery_id)
     if as_json:
-        return _dumps({**_delivery_json(row), "attempt_log": [_attempt_json(a) for a in tries]})
+        return dumps({**_delivery_json(row), "attempt_log": [_attempt_json(a) for a in tries]})
     fields = _delivery_json(row)
     lines = [f"delivery {row.id}"]
     lines += [f"  {key}: {'-' if value is None else value}" for key, value in fields.items()][1:]
@@ -221,7 +219,10 @@ async def show(config: Config, delivery_id: int, *, as_json: bool = False) -> st
     for a in tries:
         answer = f"{a.status}" if a.status is not None else "no answer"
         error = f" {a.error}" if a.error and a.error != f"HTTP {a.status}" else ""
-        lines.append(f"  #{a.number} {_time(a.attempted_at)} {answer}{error} {a.duration_ms:.0f}ms")
+        held = "" if a.counted else " (used up no retry: a breaker probe, or 410)"
+        lines.append(
+            f"  #{a.number} {rfc3339(a.attempted_at)} {answer}{error} {a.duration_ms:.0f}ms{held}"
+        )
         if a.response:
             lines.append(f"      {a.response!r}"[:200])
     return "\n".join(lines)
@@ -305,3 +306,50 @@ async def replay(config: Config, webhook: str, which: EventFilter) -> str:
     async with open_configured_store(config, apply_migrations=False) as store:
         count = await store.replay(webhook, which, now=utcnow())
     return f"{count} deliveries to {webhook} scheduled"
+
+
+def webhook_json(
+    name: str,
+    webhook: WebhookConfig | None,
+    row: WebhookRow | None,
+    counts: Mapping[tuple[str, str], int],
+) -> dict[str, Any]:
+    """One webhook's state and outbox counts: the keys of ``webhooks list --json`` and of
+    the webhook entries of ``status --json`` (README)."""
+    row = row or WebhookRow(name)
+    return {
+        "name": name,
+        "configured": webhook is not None,
+        "url": url_origin(webhook.url) if webhook else None,
+        "state": row.state.value,
+        "reason": row.mode_reason if row.mode is not WebhookMode.ACTIVE else None,
+        "state_changed_at": rfc3339(row.mode_changed_at),
+        "failing_since": rfc3339(row.failing_since),
+        "breaker_opened_at": rfc3339(row.breaker_opened_at),
+        "next_probe_at": rfc3339(row.next_probe_at) if row.breaker_opened_at else None,
+        "last_error": row.last_error,
+        "last_error_at": rfc3339(row.last_error_at),
+        "rate_limit": webhook.rate_limit if webhook else None,
+        "max_concurrency": webhook.max_concurrency if webhook else None,
+        **{str(state): counts.get((name, state), 0) for state in DeliveryState},
+    }
+
+
+def describe_state(entry: Mapping[str, Any], now: dt.datetime) -> str:
+    """A webhook entry (``webhook_json``) as one line of text: state and why."""
+    state = WebhookState(entry["state"])
+    parts = [state.value.replace("_", " ")]
+    if state is WebhookState.BREAKER_OPEN:
+        parts.append(f"since {_ago(entry['breaker_opened_at'], now)}")
+        parts.append(f"next probe {_ago(entry['next_probe_at'], now)}")
+    elif entry["reason"]:
+        parts.append(entry["reason"])
+    if entry["failing_since"]:
+        parts.append(f"failing since {_ago(entry['failing_since'], now)}")
+    if entry["last_error"] and entry["failing_since"]:
+        parts.append(f"last error: {entry['last_error']}")
+    return ", ".join(parts)
+
+
+def _ago(when: str | None, now: dt.datetime) -> str:
+    return ago(dt.datetime.fromisoformat(when) if when else None, now)

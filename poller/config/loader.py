@@ -79,6 +79,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
             timeout=delivery.timeout,
             retry_schedule=tuple(delivery.retry_schedule),
             max_concurrency=delivery.max_concurrency,
+            breaker_after=delivery.breaker_after,
+            probe_interval=delivery.probe_interval,
         ),
         server=ServerConfig(*file.server.listen) if file.server else None,
         log=LogConfig(level=file.log.level, format=file.log.format),
@@ -226,6 +228,7 @@ def _webhooks(
                     max_concurrency if t.max_concurrency is None else t.max_concurrency
                 ),
                 previous_secrets=previous,
+                rate_limit=t.rate_limit,
             )
         except InvalidSecret as e:  # the message never carries the secret, nor does via()
             raise src.error((*loc, "secret"), f"{e}{secret.via()}") from None

@@ -85,6 +85,8 @@ class DeliveryConfig:
     timeout: float  # seconds per attempt
     retry_schedule: tuple[float, ...]  # delays after failed attempts
     max_concurrency: int  # default in-flight deliveries per webhook
+    breaker_after: float = 600.0  # seconds of every attempt failing before the breaker opens
+    probe_interval: float = 30.0  # seconds between probes while it is open
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class WebhookConfig:
     max_concurrency: int
     # Still signed with while receivers switch to ``secret`` (rotation), newest first.
     previous_secrets: tuple[Secret, ...] = ()
+    rate_limit: float | None = None  # requests per second from this instance; None: no limit
     # Derived from the secrets (so not compared): decoded once here, so that a bad secret
     # fails at load time and every attempt signs with the same keys without decoding again.
     signing_key: RotatingKeys = field(init=False, repr=False, compare=False)

@@ -227,6 +227,11 @@ RetryDelay = Annotated[
 ]
 Grace = Annotated[float, *_duration(allow_zero=True, maximum=_HOUR)]
 Concurrency = Annotated[int, Field(ge=1)]
+# A breaker that waits longer than the retry schedule's span would never open in time.
+BreakerAfter = Annotated[float, *_duration(allow_zero=False, maximum=30 * _DAY)]
+ProbeInterval = Annotated[float, *_duration(allow_zero=False, maximum=_DAY)]
+# Requests per second: fractions allowed (0.5 is one request every 2 s).
+RateLimit = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)]
 # Unique strings; duplicates are found by the loader, which names both places.
 _UNIQUE = Field(min_length=1, json_schema_extra={"uniqueItems": True})
 EventTypes = Annotated[list[EventType], _UNIQUE]
@@ -317,6 +322,12 @@ class DeliveryTable(_Table):
     """Delays after failed attempts: n delays mean up to n + 1 attempts, [] one attempt."""
     max_concurrency: Concurrency = 4
     """Default in-flight deliveries per webhook."""
+    breaker_after: BreakerAfter = Field("10m", validate_default=True)
+    """A webhook whose every attempt failed this long has its circuit breaker opened: it is
+    paused but for one probe attempt every probe_interval, and resumes on a 2xx. Nothing is
+    dropped: deliveries stay pending, and failed probes use up no retries."""
+    probe_interval: ProbeInterval = Field("30s", validate_default=True)
+    """How often a webhook whose breaker is open gets a probe attempt."""
 
 
 class ServerTable(_Table):
@@ -367,6 +378,9 @@ class WebhookTable(_Table):
     transfer-encoding or host."""
     max_concurrency: Concurrency | None = None
     """In-flight deliveries (default: delivery.max_concurrency)."""
+    rate_limit: RateLimit | None = None
+    """At most this many requests per second to this webhook, from each instance (attempts
+    are spaced 1/rate_limit seconds apart); default: no limit."""
 
 
 class ConfigFile(_Table):

@@ -24,7 +24,8 @@ def _describe_webhook(webhook: WebhookConfig) -> list[str]:
     return [
         f"  {webhook.name}: {url_origin(webhook.url)}",
         f"    event types: {listed(webhook.event_types)}; rooms: {listed(webhook.rooms)}",
-        f"    headers: {headers}; max concurrency: {webhook.max_concurrency}",
+        f"    headers: {headers}; max concurrency: {webhook.max_concurrency}; "
+        f"rate limit: {f'{webhook.rate_limit:g}/s' if webhook.rate_limit else 'none'}",
         *(
             [f"    signed with its secret and {len(webhook.previous_secrets)} previous (rotation)"]
             if webhook.previous_secrets
@@ -60,7 +61,9 @@ def describe(config: Config) -> str:
         f"up to {poll.max_concurrency} concurrent requests, "
         f"room leases {format_duration(poll.lease_ttl)}",
         f"store:       {config.store.masked_url()}",
-        f"delivery:    timeout {format_duration(delivery.timeout)}, {retries}",
+        f"delivery:    timeout {format_duration(delivery.timeout)}, {retries}; "
+        f"breaker after {format_duration(delivery.breaker_after)} of failures, "
+        f"probe every {format_duration(delivery.probe_interval)}",
         f"server:      {_listen(config.server) if config.server else 'disabled'}",
         f"log:         level {config.log.level}, format {config.log.format}",
         f"shutdown:    grace {format_duration(config.shutdown_grace)}; "

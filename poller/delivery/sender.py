@@ -29,6 +29,7 @@ class Target:
     key: RotatingKeys = field(repr=False)  # every attempt is signed with each of its keys
     headers: Mapping[str, str] = field(repr=False)
     max_concurrency: int
+    rate_limit: float | None = None  # requests per second from this instance; None: no limit
 
     def private_values(self) -> Iterator[str]:
         """What an error about this target must not show: its URL, the URL's secret-bearing
@@ -46,6 +47,7 @@ class Target:
             key=webhook.signing_key,
             headers=dict(webhook.headers),
             max_concurrency=webhook.max_concurrency,
+            rate_limit=webhook.rate_limit,
         )
 
 

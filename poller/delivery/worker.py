@@ -14,6 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from poller.aio import finish_or_cancel
 from poller.batch import GroupCommit
+from poller.delivery.guard import GONE, GuardStore, ReceiverGuard
 from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Attempt, Sender, Target
 from poller.errors import StoreError
@@ -24,9 +25,13 @@ from poller.timeutil import utcnow
 # How often an idle worker looks for work it was not woken for: retries
 # falling due, claims of a dead instance expiring, rows another instance wrote.
 IDLE_WAIT = 1.0
+# The config's defaults ([delivery] breaker_after, probe_interval), for a worker built
+# without a guard of its own (tests).
+DEFAULT_BREAKER_AFTER = 600.0
+DEFAULT_PROBE_INTERVAL = 30.0
 
 
-class OutboxStore(Protocol):
+class OutboxStore(GuardStore, Protocol):
     """What the delivery loop needs of the store (``poller.store.repo.Store`` is the real one)."""
 
     async def claim(
@@ -55,6 +60,7 @@ class DeliveryWorker:
         claim_ttl: float,
         idle_wait: float = IDLE_WAIT,
         on_attempt: Callable[[Target, Claim, Attempt, AttemptOutcome], None] | None = None,
+        guard: ReceiverGuard | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
         self._store = store
@@ -65,6 +71,14 @@ class DeliveryWorker:
         self._idle_wait = idle_wait
         self._on_attempt = on_attempt
         self._log = logger or structlog.get_logger("poller.delivery")
+        # Pause, 410 disable, circuit breaker, rate limit: see poller.delivery.guard.
+        self._guard = guard or ReceiverGuard(
+            store,
+            self._targets,
+            breaker_after=DEFAULT_BREAKER_AFTER,
+            probe_interval=DEFAULT_PROBE_INTERVAL,
+            logger=self._log,
+        )
         self._inflight: dict[str, set[asyncio.Task[None]]] = {t.name: set() for t in self._targets}
         self._wake = asyncio.Event()
         # Why: one transaction records every attempt that finished meanwhile, rather
@@ -74,6 +88,7 @@ class DeliveryWorker:
         self._loop_done = asyncio.Event()
         self._run_task: asyncio.Task[Any] | None = None
         self._cut_short = False
+        self._paced: list[str] = []  # held back in the last turn (see _dispatch)
         self.last_loop_at = time.monotonic()
 
     def wake(self) -> None:
@@ -130,35 +145,52 @@ class DeliveryWorker:
         """Claim for every webhook with free slots; return (claimed, webhooks with slots)."""
         claimed = 0
         idle: list[str] = []
+        self._paced = []
+        await self._guard.refresh()
         for target in self._targets:
-            free = target.max_concurrency - len(self._inflight[target.name])
+            in_flight = len(self._inflight[target.name])
+            free = target.max_concurrency - in_flight
             # Why: a claim is a transaction; refilling a wide webhook one slot per
             # finished delivery cost more than the deliveries (BENCHMARKS.md). So it
             # waits for a quarter of its slots free (any one, as before, up to 7 slots).
             if free < max(1, target.max_concurrency // 4):
                 continue  # a finishing delivery wakes us
-            claims = await self._store.claim(target.name, free, ttl=self._claim_ttl, now=utcnow())
+            admission = await self._guard.admit(target, free, in_flight)
+            if admission.count == 0:
+                # Held back (paused, disabled, breaker, rate limit): not "idle", whose
+                # due deliveries would wake the loop at once, again and again.
+                self._paced.append(target.name)
+                continue
+            claims = await self._store.claim(
+                target.name, admission.count, ttl=self._claim_ttl, now=utcnow()
+            )
             if self._stopping:
                 # stop() began during the claim: these will not be attempted now.
                 if claims:
                     await self._store.release_claims(claims)
                 return claimed, idle
             for claim in claims:
-                self._start(target, claim)
+                self._start(target, claim, probe=admission.probe)
             claimed += len(claims)
-            if len(claims) < free:
+            if len(claims) < admission.count:
                 idle.append(target.name)
         return claimed, idle
 
     async def _idle_timeout(self, idle: list[str]) -> float:
+        timeout = self._idle_wait
+        if (paced := self._guard.ready_in(self._paced)) is not None:
+            timeout = min(timeout, paced)
         due = await self._store.next_due(idle, now=utcnow())
         if due is None:
-            return self._idle_wait
-        return min(self._idle_wait, max(0.0, (due - utcnow()).total_seconds()))
+            return timeout
+        return min(timeout, max(0.0, (due - utcnow()).total_seconds()))
 
-    def _start(self, target: Target, claim: Claim) -> None:
+    def _start(self, target: Target, claim: Claim, *, probe: bool = False) -> None:
+        # The turn is taken now, in claim order: the rate limit spaces starts, not ends.
+        delay = self._guard.wait_for_turn(target)
         task = asyncio.create_task(
-            self._deliver(target, claim), name=f"deliver-{claim.delivery_id}"
+            self._deliver(target, claim, delay=delay, probe=probe),
+            name=f"deliver-{claim.delivery_id}",
         )
         tasks = self._inflight[target.name]
         tasks.add(task)
@@ -169,15 +201,20 @@ class DeliveryWorker:
 
         task.add_done_callback(_done)
 
-    async def _deliver(self, target: Target, claim: Claim) -> None:
+    async def _deliver(self, target: Target, claim: Claim, *, delay: float, probe: bool) -> None:
         attempt_no = claim.attempts + 1
         log = self._log.bind(webhook=target.name, event_id=claim.event_id, attempt=attempt_no)
         try:
+            if delay > 0:
+                await asyncio.sleep(delay)
             attempt = await self._sender.send(target, claim.event_id, claim.body)
             now = utcnow()
+            counted = await self._observe(target, attempt, probe=probe, now=now)
             retry_at: dt.datetime | None = None
             if attempt.ok:
                 outcome = AttemptOutcome.DELIVERED
+            elif not counted:
+                outcome = AttemptOutcome.HELD
             else:
                 retry_at = self._policy.retry_at(now, attempt_no, attempt.retry_after)
                 outcome = AttemptOutcome.DEAD if retry_at is None else AttemptOutcome.RETRY
@@ -190,6 +227,7 @@ class DeliveryWorker:
                     retry_at,
                     duration=attempt.duration,
                     response=attempt.response,
+                    counted=counted,
                 )
             )
         except Exception:
@@ -215,6 +253,17 @@ class DeliveryWorker:
                 else {}
             ),
         )
+
+    async def _observe(
+        self, target: Target, attempt: Attempt, *, probe: bool, now: dt.datetime
+    ) -> bool:
+        """The guard's verdict on an attempt: whether it uses up a retry. A store failure
+        while updating the webhook's state must not lose the attempt's own record."""
+        try:
+            return await self._guard.observe(target, attempt, probe=probe, now=now)
+        except StoreError as exc:
+            self._log.warning("webhook_state_error", webhook=target.name, error=str(exc))
+            return not probe and attempt.status != GONE
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, let in-flight attempts finish within ``grace``, hand back the rest."""

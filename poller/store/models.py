@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -20,10 +21,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.types import TypeDecorator
 
-from poller.states import DeliveryState
+from poller.states import DeliveryState, WebhookMode
 
 # A naming convention makes constraint names stable across SQLite batch
 # migrations and PostgreSQL, so later migrations can address them by name.
@@ -143,5 +145,30 @@ attempts = Table(
     # The answer's first KiB (poller.delivery.sender), decoded as UTF-8 with invalid
     # bytes replaced: what a receiver said when it refused, enough to tell why.
     Column("response", Text, nullable=True),
+    # False: the attempt did not use up a retry (a breaker probe, an answer of 410 Gone);
+    # the delivery stayed pending as it was.
+    Column("counted", Boolean, nullable=False, server_default=true()),
     Index(None, "delivery_id"),
+)
+
+MODES = tuple(mode.value for mode in WebhookMode)
+
+# Each webhook's delivery state, shared by every instance on the store: the operator's
+# pause, a 410's disable, and the circuit breaker (open since, next probe). A row per
+# configured webhook, made at start; rows are only updated on a change of state.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("mode", String(16), nullable=False, server_default=WebhookMode.ACTIVE.value),
+    Column("mode_reason", Text, nullable=True),
+    Column("mode_changed_at", UTCDateTime(), nullable=True),
+    # The first failed attempt since the last success: when the breaker's clock started.
+    Column("failing_since", UTCDateTime(), nullable=True),
+    Column("breaker_opened_at", UTCDateTime(), nullable=True),
+    Column("next_probe_at", UTCDateTime(), nullable=True),
+    # The error that began the latest spell of failures, or of its breaker's probes.
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", UTCDateTime(), nullable=True),
+    CheckConstraint(f"mode IN {MODES!r}", name="mode"),
 )

@@ -74,6 +74,9 @@ class AttemptRecord:
     retry_at: dt.datetime | None = None
     duration: float = 0.0  # seconds
     response: bytes = b""
+    # False: the attempt does not use up a retry (a breaker probe that failed, an answer
+    # of 410 Gone): the delivery stays pending as it was, due when it was.
+    counted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,7 @@ class AttemptRow:
     status: int | None
     error: str | None
     response: str | None
+    counted: bool = True  # False: it did not use up a retry (see AttemptRecord)
 
 
 class Outbox(StoreBase):
@@ -238,7 +242,7 @@ class Outbox(StoreBase):
                 ).scalars()
             )
             kept: list[bool] = []
-            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
             log: list[dict[str, Any]] = []
             for record in records:
                 delivery_id = record.claim.delivery_id
@@ -248,13 +252,16 @@ class Outbox(StoreBase):
                 held.discard(delivery_id)  # a repeat would find it no longer pending
                 values = _attempt_values(record)
                 params = self._attempt_params(record, values)
-                shapes.setdefault(tuple(values), []).append({"p_id": delivery_id, **params})
+                shape = (tuple(values), record.counted)
+                shapes.setdefault(shape, []).append({"p_id": delivery_id, **params})
                 log.append(self._log_row(record))
-            for names, rows in shapes.items():
+            for (names, counted), rows in shapes.items():
                 await conn.execute(
                     update(deliveries)
                     .where(deliveries.c.id == bindparam("p_id", type_=deliveries.c.id.type), ours)
-                    .values({**self._attempt_columns(names), **_COUNT_ATTEMPT}),
+                    .values(
+                        {**self._attempt_columns(names), **(_COUNT_ATTEMPT if counted else {})}
+                    ),
                     rows,
                 )
             if log:
@@ -279,6 +286,7 @@ class Outbox(StoreBase):
             "status": record.status,
             "error": record.error,
             "response": record.response.decode("utf-8", "replace") if record.response else None,
+            "counted": record.counted,
         }
         if self.clock is not StoreClock.DATABASE:
             row["attempted_at"] = record.now
@@ -446,6 +454,7 @@ class Outbox(StoreBase):
                 attempts.c.status,
                 attempts.c.error,
                 attempts.c.response,
+                attempts.c.counted,
             )
             .where(attempts.c.delivery_id == delivery_id)
             .order_by(attempts.c.id)
@@ -521,6 +530,8 @@ def _attempt_values(record: AttemptRecord) -> dict[str, Any]:
     }
     if record.error is None:
         values |= {"state": DELIVERED, "delivered_at": record.now}
+    elif not record.counted:
+        pass  # pending, due as before
     elif record.retry_at is None:
         values["state"] = DEAD
     else:

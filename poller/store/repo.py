@@ -1,7 +1,8 @@
 """The store: the source of truth for what was seen and what is owed.
 
 One class, ``Store``, made of one part per concern, each in its own module:
-seen events (``seen``), rooms and instances (``leases``), the outbox (``outbox``).
+seen events (``seen``), rooms and instances (``leases``), the outbox (``outbox``),
+webhooks' delivery states (``webhooks``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from poller.store.outbox import (
     Outbox,
 )
 from poller.store.seen import PageOutcome, SeenEvents, WebhookFilter
+from poller.store.webhooks import WebhookRow, WebhookStates
 
 __all__ = [
     "AttemptRecord",
@@ -30,9 +32,10 @@ __all__ = [
     "RoomLease",
     "Store",
     "WebhookFilter",
+    "WebhookRow",
     "store_error",
 ]
 
 
-class Store(SeenEvents, Leases, Outbox):
+class Store(SeenEvents, Leases, Outbox, WebhookStates):
     """Every operation the daemon and its commands make on the database."""

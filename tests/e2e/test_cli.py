@@ -341,9 +341,9 @@ async def test_status_after_a_run_shows_rooms_and_delivery_counts(
     for room in rooms:
         assert any(line.strip().startswith(f"{room}:") for line in lines), out
     assert any("room-a:" in line and "last success" in line for line in lines), out
-    # pending / delivered / dead per webhook
-    assert "  all: 0 / 3 / 0" in lines, out
-    assert "  filtered: 0 / 2 / 0" in lines, out
+    # pending / delivered / dead per webhook, and its state
+    assert "  all: 0 / 3 / 0, active" in lines, out
+    assert "  filtered: 0 / 2 / 0, active" in lines, out
 
 
 # --- version and demo --------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 import pty
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,27 @@ async def test_deliveries_show_prints_the_attempt_log(filled: Filled) -> None:
     assert "receiver is down for maintenance" in out
 
 
+COUNTS = ("name", "configured", "pending", "delivered", "dead")
+WEBHOOK_KEYS = {
+    *COUNTS,
+    "url",
+    "state",
+    "reason",
+    "state_changed_at",
+    "failing_since",
+    "breaker_opened_at",
+    "next_probe_at",
+    "last_error",
+    "last_error_at",
+    "rate_limit",
+    "max_concurrency",
+}
+
 BAD_ARGUMENTS = [
+    (["webhooks", "pause", "nope"], ["unknown webhook 'nope'", "all, filtered"]),
+    (["webhooks", "pause"], ["needs a webhook name"]),
+    (["webhooks", "list", "all"], ["takes no webhook name"]),
+    (["webhooks", "stop", "all"], ["invalid choice"]),
     (["deliveries", "list", "--webhook", "nope"], ["unknown webhook 'nope'", "all, filtered"]),
     (["deliveries", "list", "--since", "yesterday"], ["--since", "RFC 3339"]),
     (["deliveries", "list", "--until", "2026-12-01T08:00:00"], ["--until", "UTC offset"]),
@@ -337,11 +357,99 @@ async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
         assert room["polled"] is True
         assert room["last_error"] is None
         assert room["first_polled_at"] is not None
-    assert status["webhooks"] == [
+    assert [{k: w[k] for k in COUNTS} for w in status["webhooks"]] == [
         {"name": "all", "configured": True, "pending": 0, "delivered": 3, "dead": 0},
         {"name": "filtered", "configured": True, "pending": 0, "delivered": 0, "dead": 3},
     ]
+    for webhook in status["webhooks"]:
+        assert set(webhook) == WEBHOOK_KEYS
+    assert [w["state"] for w in status["webhooks"]] == ["active", "active"]
+    filtered = status["webhooks"][1]
+    assert filtered["failing_since"] is not None  # every attempt failed, breaker not yet
+    assert (filtered["last_error"], filtered["breaker_opened_at"]) == ("HTTP 503", None)
+    assert status["webhooks"][0]["url"].startswith("http://127.0.0.1:")
     assert status["oldest_pending_at"] is None
+
+
+# --- webhooks list / pause / resume / enable ----------------------------------------------------
+
+
+async def test_pause_and_resume_by_hand_while_the_daemon_runs(
+    filled: Filled, simulator: Simulator
+) -> None:
+    code, out, err = await filled.cli("webhooks", "pause", "all")
+    assert (code, err) == (0, "")
+    assert "all paused" in out
+    await wait_log(filled.daemon, mode_changed("all", "paused"), "the daemon to see the pause", 5)
+    (listed,) = [w for w in await filled.json("webhooks", "list") if w["name"] == "all"]
+    assert (listed["state"], listed["reason"].startswith("paused by hand")) == ("paused", True)
+    code, out, _ = await filled.cli("webhooks", "pause", "all")
+    assert (code, out.strip()) == (0, "all is already paused")
+
+    event = simulator.add_event("room-a")
+    pending = await eventually_pending(filled, event["id"])
+    # Absence takes a wait: three turns of the daemon's delivery loop (1 s each) at least.
+    await asyncio.sleep(3.5)
+    assert filled.arrivals("all", event["id"]) == 0
+    assert (await filled.json("deliveries", "show", str(pending)))["state"] == "pending"
+    code, out, _ = await filled.cli("status")
+    assert "all: 1 / 3 / 0, paused, paused by hand" in out
+
+    code, out, err = await filled.cli("webhooks", "resume", "all")
+    assert (code, err) == (0, "")
+    await wait_delivered(filled.receiver, {("all", event["id"])}, filled.daemon)
+    assert filled.arrivals("all", event["id"]) == 1
+
+
+async def test_410_disables_until_enabled_and_nothing_is_lost(
+    filled: Filled, simulator: Simulator
+) -> None:
+    filled.receiver.fail("all", times=1, status=410)
+    gone = simulator.add_event("room-a")
+
+    def disabled(log: dict[str, Any]) -> bool:
+        return log.get("event") == "webhook_disabled" and log.get("webhook") == "all"
+
+    await wait_log(filled.daemon, disabled, "the daemon to disable 'all' on 410", 15)
+    kept = simulator.add_event("room-b")  # seen while disabled: kept pending
+    await eventually_pending(filled, kept["id"])
+    await eventually_pending(filled, gone["id"])  # the 410 used up no retry either
+    (listed,) = [w for w in await filled.json("webhooks", "list") if w["name"] == "all"]
+    assert listed["state"] == "disabled"
+    assert "410 Gone" in listed["reason"]
+    code, out, err = await filled.cli("webhooks", "resume", "all")
+    assert code == 2
+    assert_one_line_error(err, "all is disabled", "poller webhooks enable all")
+    code, out, _ = await filled.cli("webhooks")  # list is the default
+    assert code == 0
+    assert "disabled, the receiver answered 410 Gone" in out
+
+    code, out, err = await filled.cli("webhooks", "enable", "all")
+    assert (code, err) == (0, "")
+    await wait_delivered(filled.receiver, {("all", gone["id"]), ("all", kept["id"])}, filled.daemon)
+    code, out, _ = await filled.cli("webhooks", "enable", "all")
+    assert out.strip() == "all is already active"
+
+
+def mode_changed(webhook: str, mode: str) -> Callable[[dict[str, Any]], bool]:
+    def matches(log: dict[str, Any]) -> bool:
+        return (
+            log.get("event") == "webhook_mode_changed"
+            and log.get("webhook") == webhook
+            and log.get("mode") == mode
+        )
+
+    return matches
+
+
+async def eventually_pending(filled: Filled, event_id: str) -> int:
+    """Wait until the daemon has stored ``event_id`` with a delivery to ``all`` owed."""
+    for _ in range(150):
+        listed = await filled.json("deliveries", "list", "--webhook", "all", "--state", "pending")
+        if ids := [d["id"] for d in listed if d["event_id"] == event_id]:
+            return int(ids[0])
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{event_id} was never owed to 'all'\n{filled.daemon.output()}")
 
 
 def on_a_terminal(args: list[str], answer: bytes) -> tuple[int, str]:

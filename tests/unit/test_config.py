@@ -137,6 +137,8 @@ url = "postgresql://poller:{DB_PASSWORD}@db.example.com:5432/poller"
 timeout = "2.5s"
 retry_schedule = ["250ms", 30, "1h"]
 max_concurrency = 2
+breaker_after = "1h"
+probe_interval = "1m"
 
 [server]
 listen = "[::1]:9100"
@@ -159,6 +161,7 @@ event_types = ["beam.recording.success"]
 rooms = ["room-a"]
 headers = {{ "X-Api-Key" = "{HEADER_VALUE}", "X-Env" = "prod" }}
 max_concurrency = 6
+rate_limit = 2.5
 
 [[webhooks]]
 name = "audit-log"
@@ -199,7 +202,11 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
             url=Secret(f"postgresql+asyncpg://poller:{DB_PASSWORD}@db.example.com:5432/poller")
         ),
         delivery=DeliveryConfig(
-            timeout=2.5, retry_schedule=(0.25, 30.0, 3600.0), max_concurrency=2
+            timeout=2.5,
+            retry_schedule=(0.25, 30.0, 3600.0),
+            max_concurrency=2,
+            breaker_after=3600.0,
+            probe_interval=60.0,
         ),
         server=ServerConfig(host="::1", port=9100),
         log=LogConfig(level="debug", format="json"),
@@ -213,6 +220,7 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
                 rooms=frozenset({"room-a"}),
                 headers=(("X-Api-Key", HEADER_VALUE), ("X-Env", "prod")),
                 max_concurrency=6,
+                rate_limit=2.5,
             ),
             WebhookConfig(
                 name="audit-log",
@@ -479,6 +487,37 @@ def test_resolve_config_path_prefers_cli_then_env_then_default() -> None:
 # --- errors ------------------------------------------------------------------------------
 
 ERROR_CASES = [
+    # receiver protection
+    pytest.param(
+        toml(webhooks=WEBHOOK + "rate_limit = 0\n"),
+        "webhooks[0].rate_limit",
+        "greater than 0",
+        id="rate-limit-zero",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'rate_limit = "5/s"\n'),
+        "webhooks[0].rate_limit",
+        "expected a number, got a string",
+        id="rate-limit-string",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + "rate_limit = inf\n"),
+        "webhooks[0].rate_limit",
+        "finite number",
+        id="rate-limit-inf",
+    ),
+    pytest.param(
+        toml(tables='[delivery]\nbreaker_after = "0s"\n'),
+        "delivery.breaker_after",
+        "greater than 0 and at most 720h",
+        id="breaker-after-zero",
+    ),
+    pytest.param(
+        toml(tables='[delivery]\nprobe_interval = "25h"\n'),
+        "delivery.probe_interval",
+        "at most 24h",
+        id="probe-interval-too-long",
+    ),
     # unknown keys
     pytest.param(toml(top='colour = "red"'), "colour", "unknown key", id="unknown-top-level"),
     pytest.param(

@@ -12,8 +12,8 @@ from poller.hms.token import StaticToken
 from poller.metrics import Metrics
 from poller.poll import PollResult
 from poller.signing import SigningKey
-from poller.states import AttemptOutcome, PollOutcome
-from poller.store.repo import Claim, Store
+from poller.states import AttemptOutcome, PollOutcome, WebhookMode
+from poller.store.repo import Claim, Store, WebhookRow
 from poller.timeutil import utcnow
 from tests.conftest import make_secret
 
@@ -91,6 +91,9 @@ class FakeStore:
     async def oldest_pending(self) -> dt.datetime | None:
         return utcnow() - dt.timedelta(seconds=60)
 
+    async def webhook_states(self) -> dict[str, WebhookRow]:
+        return {"hook": WebhookRow("hook", mode=WebhookMode.PAUSED)}
+
 
 async def test_refresh_reads_the_outbox_gauges_from_the_store() -> None:
     m = Metrics(instance="i", version="1")
@@ -105,6 +108,10 @@ async def test_refresh_reads_the_outbox_gauges_from_the_store() -> None:
     )  # a webhook no longer configured
     assert s[("poller_rooms_failing", ())] == 4
     assert 59 <= s[("poller_oldest_pending_delivery_age_seconds", ())] <= 120
+    state = {k[1]: v for k, v in s.items() if k[0] == "poller_webhook_state"}
+    assert state[(("state", "paused"), ("webhook", "hook"))] == 1
+    assert state[(("state", "active"), ("webhook", "hook"))] == 0
+    assert state[(("state", "active"), ("webhook", "other"))] == 1  # no row yet: active
 
 
 def test_no_label_holds_an_id_or_a_secret() -> None:

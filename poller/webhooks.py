@@ -1,0 +1,76 @@
+"""``poller webhooks``: each webhook's delivery state, and pausing, resuming, enabling it.
+
+The commands only touch the store: a running daemon (every instance on the store) sees a
+change within a second (``poller.delivery.guard.REFRESH``) and logs it.
+"""
+
+from __future__ import annotations
+
+from poller.config import Config
+from poller.errors import UserError
+from poller.parts import open_configured_store
+from poller.report import configured_webhook, describe_state, dumps, rfc3339, webhook_json
+from poller.states import WebhookMode
+from poller.store.repo import WebhookRow
+from poller.timeutil import utcnow
+
+__all__ = ["list_webhooks", "set_mode"]
+
+
+async def list_webhooks(config: Config, *, as_json: bool = False) -> str:
+    """Every webhook (configured, or with deliveries in the store) and its state."""
+    now = utcnow()
+    async with open_configured_store(config, apply_migrations=False) as store:
+        rows = await store.webhook_states()
+        counts = await store.outbox_counts()
+    configured = {w.name: w for w in config.webhooks}
+    names = sorted(configured.keys() | {w for w, _ in counts})
+    entries = [webhook_json(n, configured.get(n), rows.get(n), counts) for n in names]
+    if as_json:
+        return dumps(entries)
+    lines = [f"{'webhook':<20} {'pending':>8} {'delivered':>10} {'dead':>6}  state"]
+    for e in entries:
+        lines.append(
+            f"{e['name']:<20} {e['pending']:>8} {e['delivered']:>10} {e['dead']:>6}  "
+            f"{describe_state(e, now)}"
+        )
+        extra = [f"url {e['url']}"] if e["url"] else ["not configured"]
+        if e["rate_limit"]:
+            extra.append(f"rate limit {e['rate_limit']:g}/s")
+        lines.append(f"{'':<20} {', '.join(extra)}")
+    return "\n".join(lines)
+
+
+# What each command does: the mode it sets, the modes it applies to, and the verb.
+_CHANGES = {
+    "pause": (WebhookMode.PAUSED, (WebhookMode.ACTIVE,), "paused"),
+    "resume": (WebhookMode.ACTIVE, (WebhookMode.PAUSED,), "resumed"),
+    "enable": (WebhookMode.ACTIVE, (WebhookMode.DISABLED,), "enabled"),
+}
+
+
+async def set_mode(config: Config, action: str, name: str) -> str:
+    """``pause``, ``resume`` or ``enable`` the configured webhook ``name``."""
+    configured_webhook(config, name)
+    mode, only_from, verb = _CHANGES[action]
+    now = utcnow()
+    async with open_configured_store(config, apply_migrations=False) as store:
+        reason = f"paused by hand at {rfc3339(now)}" if mode is WebhookMode.PAUSED else None
+        changed = await store.set_webhook_mode(
+            name, mode, reason=reason, now=now, only_from=only_from
+        )
+        row = (await store.webhook_states())[name]
+    if changed:
+        held = "kept pending" if mode is WebhookMode.PAUSED else "resume"
+        return f"{name} {verb}: its deliveries {held} (a running daemon follows within 1s)"
+    if row.mode is mode:
+        return f"{name} is already {row.mode.value}"
+    raise UserError(_refusal(action, name, row))
+
+
+def _refusal(action: str, name: str, row: WebhookRow) -> str:
+    if row.mode is WebhookMode.DISABLED:
+        return f"{name} is disabled ({row.mode_reason}): `poller webhooks enable {name}`"
+    if row.mode is WebhookMode.PAUSED:
+        return f"{name} is paused, not disabled: `poller webhooks resume {name}`"
+    return f"{name} is {row.mode.value}: nothing to {action}"
