@@ -9,7 +9,7 @@ from __future__ import annotations
 from poller.config import Config
 from poller.errors import UserError
 from poller.parts import open_configured_store
-from poller.report import configured_webhook, describe_state, dumps, rfc3339, webhook_json
+from poller.report import configured_webhook, describe_state, dumps, webhook_json
 from poller.states import WebhookMode
 from poller.store.repo import WebhookRow
 from poller.timeutil import utcnow
@@ -55,7 +55,8 @@ async def set_mode(config: Config, action: str, name: str) -> str:
     mode, only_from, verb = _CHANGES[action]
     now = utcnow()
     async with open_configured_store(config, apply_migrations=False) as store:
-        reason = f"paused by hand at {rfc3339(now)}" if mode is WebhookMode.PAUSED else None
+        paused = mode is WebhookMode.PAUSED
+        reason = f"paused by hand at {now:%Y-%m-%dT%H:%M:%SZ}" if paused else None
         changed = await store.set_webhook_mode(
             name, mode, reason=reason, now=now, only_from=only_from
         )

@@ -259,7 +259,7 @@ class ReceiverGuard:
         )
 
     async def _disable(self, target: Target, now: dt.datetime) -> None:
-        reason = f"the receiver answered 410 Gone at {now.isoformat(timespec='seconds')}"
+        reason = f"the receiver answered 410 Gone at {now.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}"
         changed = await self._store.set_webhook_mode(
             target.name,
             WebhookMode.DISABLED,
