@@ -595,6 +595,7 @@ def memory(ctx: Context, rooms: int, events: int) -> Row:
         started = time.monotonic()
         stats: dict[str, Any] = {}
         bound = 30 + events / 250
+        profile(children, f"memory{rooms}", daemon.child.pid, 15)
         # A starved backlog is a finding: report how far it got.
         with contextlib.suppress(BenchError):
             _wait("the backlog to drain", _sink_has(sink, events, stats), bound)
