@@ -12,12 +12,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from poller.delivery.sender import Attempt, Target
 from poller.hms.token import TokenProvider
 from poller.poll import FAILING_AFTER, PollResult
+from poller.share import PollShare
 from poller.states import AttemptOutcome, DeliveryState, PollOutcome, WebhookState
 from poller.store.faults import Faults
 from poller.store.repo import Claim, Store
@@ -36,6 +37,28 @@ class _TokenRenewals(Collector):
             "poller_token_renewals",
             "Management tokens minted (the first one included).",
             value=self._tokens.renewals,
+        )
+
+
+class _PollShare(Collector):
+    def __init__(self, share: PollShare) -> None:
+        self._share = share
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "poller_polls_held",
+            "Due polls held back now so that backlogged deliveries get the event loop.",
+            value=self._share.waiting,
+        )
+        yield CounterMetricFamily(
+            "poller_polls_held_seconds",
+            "Time polls spent held back for backlogged deliveries, summed.",
+            value=self._share.held_seconds,
+        )
+        yield GaugeMetricFamily(
+            "poller_loop_lag_seconds",
+            "How late the event loop runs a timer, smoothed (above 0.02: saturated).",
+            value=self._share.lag,
         )
 
 
@@ -153,6 +176,10 @@ class Metrics:
             "interval (0: on time; rises when rooms are due faster than they can be polled).",
             registry=self.registry,
         ).set_function(seconds)
+
+    def watch_share(self, share: PollShare) -> None:
+        """Export how polls give way to deliveries (see poller.share)."""
+        self.registry.register(_PollShare(share))
 
     def watch_tokens(self, tokens: TokenProvider) -> None:
         """Export the token provider's renewal count."""

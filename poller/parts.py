@@ -34,6 +34,7 @@ from poller.poll import PollResult, RoomPoller
 from poller.redaction import redactor_of
 from poller.schedule import Lateness, Scheduler
 from poller.server import HealthServer
+from poller.share import PollShare
 from poller.store.connect import open_store
 from poller.store.repo import Store
 from poller.timeutil import utcnow
@@ -100,6 +101,7 @@ class Parts:
     poller: RoomPoller
     worker: DeliveryWorker
     scheduler: Scheduler
+    share: PollShare
     coordination: Coordination
     health: Health
     server: HealthServer | None
@@ -193,6 +195,10 @@ def build(config: Config, store: Store) -> Parts:
         on_new_deliveries=worker.wake,
         on_poll=polled,
     )
+    # Polls give way while deliveries are backlogged and the loop saturated (see
+    # poller.share); at poll.max_concurrency walking at once the gate is open.
+    share = PollShare(worker.backlogged, ceiling=config.poll.max_concurrency)
+    metrics.watch_share(share)
     # One warning per interval at most (10 s at least) when polls fall behind.
     lateness = Lateness(max(timings.interval, 10.0))
     metrics.watch_lateness(lambda: lateness.seconds)
@@ -207,6 +213,7 @@ def build(config: Config, store: Store) -> Parts:
             jitter=min(interval * 0.1, 5.0),
             timeout=timings.job_timeout,
             lateness=lateness,
+            gate=share.slot,
         )
     scheduler.every(
         "heartbeat",
@@ -252,6 +259,7 @@ def build(config: Config, store: Store) -> Parts:
         poller=poller,
         worker=worker,
         scheduler=scheduler,
+        share=share,
         coordination=coordination,
         health=health,
         server=server,
