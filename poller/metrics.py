@@ -130,7 +130,7 @@ class Metrics:
         )
         self.oldest_pending = Gauge(
             "poller_oldest_pending_delivery_age_seconds",
-            "Age of the oldest delivery still owed (0 when none).",
+            "Age of the oldest delivery still owed to a configured webhook (0 when none).",
             registry=r,
         )
         self.webhook_state = Gauge(
@@ -226,7 +226,7 @@ class Metrics:
             for state in DeliveryState:
                 self.outbox.labels(webhook=name, state=state).set(counts.get((name, state), 0))
         self.failing_rooms.set(await store.failing_rooms(after=FAILING_AFTER))
-        oldest = await store.oldest_pending()
+        oldest = await store.oldest_pending(webhooks)
         self.oldest_pending.set(0 if oldest is None else (utcnow() - oldest).total_seconds())
 
     def render(self) -> bytes:

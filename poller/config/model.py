@@ -53,6 +53,7 @@ class HmsConfig:
     app_secret: Secret | None
     management_token: Secret | None
     request_timeout: float  # seconds, per API request
+    extra_event_types: tuple[str, ...] = ()  # accepted beyond poller.events.KNOWN_EVENT_TYPES
 
 
 @dataclass(frozen=True, slots=True)

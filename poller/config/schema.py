@@ -274,7 +274,11 @@ class HmsTable(_Table):
     management_token_file: Text | None = None
     """A file holding the management token (or $POLLER_HMS_MANAGEMENT_TOKEN)."""
     event_types: EventTypes = Field(["beam.recording.success"])
-    """The event types to ask the API for."""
+    """The event types to ask the API for: any of the types the analytics events API serves
+    (see the README), or of extra_event_types."""
+    extra_event_types: EventTypes | None = None
+    """Event types poller does not know yet (the API added them later): accepted in
+    event_types and in webhook filters."""
     request_timeout: RequestTimeout = Field("10s", validate_default=True)
     """Per API request: seconds, or a string like "10s"."""
 

@@ -33,6 +33,7 @@ from poller.config import (
 )
 from poller.config.values import stored_length
 from poller.errors import ConfigError
+from poller.events import KNOWN_EVENT_TYPES
 from poller.redaction import secrets_of
 from poller.signing import InvalidSecret, SigningKey
 from poller.store.models import deliveries, events, instances, rooms
@@ -117,7 +118,7 @@ instance_id = "poller-1"
 base_url = "https://hms.example.com/v2/"
 access_key = "ak-1"
 app_secret = "{APP_SECRET}"
-event_types = ["beam.recording.success", "session.close.success"]
+event_types = ["beam.recording.success", "track.add.success"]
 request_timeout = 5
 
 [poll]
@@ -182,7 +183,7 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
         path=tmp_path / "config.toml",
         hms=HmsConfig(
             base_url="https://hms.example.com/v2",
-            event_types=("beam.recording.success", "session.close.success"),
+            event_types=("beam.recording.success", "track.add.success"),
             access_key="ak-1",
             app_secret=Secret(APP_SECRET),
             management_token=None,
@@ -822,9 +823,40 @@ ERROR_CASES = [
         id="webhook-without-secret",
     ),
     pytest.param(
-        toml(webhooks=WEBHOOK + 'event_types = ["session.close.success"]\n'),
+        toml(hms=HMS + 'event_types = ["beam.recording.sucess"]\n'),
+        "hms.event_types[0]",
+        "'beam.recording.sucess' is not an event type of the analytics events API "
+        "(did you mean 'beam.recording.success'?); "
+        "a type newer than poller goes in hms.extra_event_types too",
+        id="event-type-typo",
+    ),
+    pytest.param(
+        toml(hms=HMS + 'event_types = ["beam.recording.success", "zzz"]\n'),
+        "hms.event_types[1]",
+        "'zzz' is not an event type of the analytics events API; known: "
+        "beam.recording.success, track.add.success",
+        id="event-type-unknown-lists-known",
+    ),
+    pytest.param(
+        toml(
+            hms=HMS
+            + 'event_types = ["beam.recording.success"]\n'
+            + 'extra_event_types = ["track.add.success"]\n'
+        ),
+        "hms.extra_event_types[0]",
+        "'track.add.success' is a type poller knows: list it in hms.event_types alone",
+        id="extra-event-type-known",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'event_types = ["client.join.faild"]\n'),
         "webhooks[0].event_types[0]",
-        "'session.close.success' is not in hms.event_types, so it would never match",
+        "(did you mean 'client.join.failed'?)",
+        id="webhook-event-type-typo",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'event_types = ["client.join.failed"]\n'),
+        "webhooks[0].event_types[0]",
+        "'client.join.failed' is not in hms.event_types, so it would never match",
         id="webhook-event-type-not-polled",
     ),
     pytest.param(
@@ -1431,7 +1463,7 @@ def test_describe(tmp_path: Path) -> None:
     assert_no_secret(text)
     assert f"config:      {tmp_path / 'config.toml'}" in text
     assert "https://hms.example.com:443 (minted tokens for access key ak***;" in text
-    assert "beam.recording.success, session.close.success" in text
+    assert "beam.recording.success, track.add.success" in text
     assert "every 1m, page size 50, backfill off" in text
     assert "postgresql+asyncpg://poller:***@db.example.com:5432/poller" in text
     assert "timeout 2.5s, retries after 250ms, 30s, 1h (up to 4 attempts)" in text
@@ -1513,3 +1545,20 @@ def test_a_bad_previous_secret_is_named_by_its_index_and_never_shown(
     assert error.key == f"webhooks[0].{key}"
     assert problem in error.problem
     assert_no_secret(str(error))
+
+
+def test_every_event_type_the_api_serves_and_extra_ones_are_accepted(tmp_path: Path) -> None:
+    types = [*KNOWN_EVENT_TYPES, "room.future.event"]
+    config = load(
+        tmp_path,
+        toml(
+            hms=HMS
+            + f"event_types = {json.dumps(types)}\n"
+            + 'extra_event_types = ["room.future.event"]\n',
+            webhooks=WEBHOOK + 'event_types = ["room.future.event", "client.disconnected"]\n',
+        ),
+    )
+    assert config.hms.event_types == tuple(types)
+    assert config.hms.extra_event_types == ("room.future.event",)
+    (webhook,) = config.webhooks
+    assert webhook.event_types == {"room.future.event", "client.disconnected"}
