@@ -15,6 +15,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from poller.budget import RequestBudget
 from poller.delivery.sender import Attempt, Target
 from poller.hms.token import TokenProvider
 from poller.poll import FAILING_AFTER, PollResult
@@ -59,6 +60,28 @@ class _PollShare(Collector):
             "poller_loop_lag_seconds",
             "How late the event loop runs a timer, smoothed (above 0.02: saturated).",
             value=self._share.lag,
+        )
+
+
+class _Budget(Collector):
+    def __init__(self, budget: RequestBudget) -> None:
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "poller_api_budget_requests_per_second",
+            "hms.max_requests_per_second: the budget every API request shares.",
+            value=self._budget.rate,
+        )
+        yield GaugeMetricFamily(
+            "poller_api_budget_waiting_polls",
+            "Due polls waiting for a turn of the API request budget now.",
+            value=self._budget.waiting,
+        )
+        yield CounterMetricFamily(
+            "poller_api_budget_wait_seconds",
+            "Time polls and requests waited for a turn of the API request budget, summed.",
+            value=self._budget.waited_seconds,
         )
 
 
@@ -176,6 +199,10 @@ class Metrics:
             "interval (0: on time; rises when rooms are due faster than they can be polled).",
             registry=self.registry,
         ).set_function(seconds)
+
+    def watch_budget(self, budget: RequestBudget) -> None:
+        """Export the API request budget and the waits for it (see poller.budget)."""
+        self.registry.register(_Budget(budget))
 
     def watch_share(self, share: PollShare) -> None:
         """Export how polls give way to deliveries (see poller.share)."""

@@ -18,6 +18,7 @@ import aiohttp
 import structlog
 
 from poller import __version__
+from poller.budget import RequestBudget
 from poller.config import Config
 from poller.coordination import Coordination
 from poller.delivery.guard import ReceiverGuard
@@ -116,6 +117,13 @@ async def prune(store: Store, poller: RoomPoller) -> None:
         structlog.get_logger("poller").info("pruned", events=removed)
 
 
+@asynccontextmanager
+async def _admitted(share: PollShare, budget: RequestBudget) -> AsyncIterator[None]:
+    """A poll begins once deliveries leave it room (share) and the API budget a turn."""
+    async with share.slot(), budget.turn():
+        yield
+
+
 def build(config: Config, store: Store) -> Parts:
     """Wire every part for ``config`` on ``store``; nothing is started, nothing is read."""
     timings = Timings.derive(
@@ -134,12 +142,15 @@ def build(config: Config, store: Store) -> Parts:
     hook_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=sum(w.max_concurrency for w in config.webhooks) + 4),
     )
+    budget = RequestBudget(config.hms.max_requests_per_second)
+    metrics.watch_budget(budget)
     client = HmsClient(
         api_session,
         config.hms.base_url,
         tokens,
         request_timeout=config.hms.request_timeout,
         limiter=Limiter(config.poll.max_concurrency),
+        budget=budget,
         limits=WalkLimits(
             max_pages=config.poll.max_pages,
             max_page_bytes=config.poll.max_page_bytes,
@@ -213,7 +224,7 @@ def build(config: Config, store: Store) -> Parts:
             jitter=min(interval * 0.1, 5.0),
             timeout=timings.job_timeout,
             lateness=lateness,
-            gate=share.slot,
+            gate=functools.partial(_admitted, share, budget),
         )
     scheduler.every(
         "heartbeat",

@@ -176,6 +176,7 @@ def _hms(src: Source, hms: HmsTable) -> HmsConfig:
         base_url=hms.base_url.rstrip("/"),
         event_types=tuple(hms.event_types),
         extra_event_types=tuple(hms.extra_event_types or ()),
+        max_requests_per_second=hms.max_requests_per_second,
         access_key=hms.access_key,
         app_secret=secret.secret if secret else None,
         management_token=token.secret if token else None,

@@ -54,6 +54,7 @@ class HmsConfig:
     management_token: Secret | None
     request_timeout: float  # seconds, per API request
     extra_event_types: tuple[str, ...] = ()  # accepted beyond poller.events.KNOWN_EVENT_TYPES
+    max_requests_per_second: float = 50.0  # every API request, from this instance
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,6 +232,7 @@ BreakerAfter = Annotated[float, *_duration(allow_zero=False, maximum=30 * _DAY)]
 ProbeInterval = Annotated[float, *_duration(allow_zero=False, maximum=_DAY)]
 # Requests per second: fractions allowed (0.5 is one request every 2 s).
 RateLimit = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)]
+RequestRate = Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)]
 # Unique strings; duplicates are found by the loader, which names both places.
 _UNIQUE = Field(min_length=1, json_schema_extra={"uniqueItems": True})
 EventTypes = Annotated[list[EventType], _UNIQUE]
@@ -281,6 +282,9 @@ class HmsTable(_Table):
     event_types and in webhook filters."""
     request_timeout: RequestTimeout = Field("10s", validate_default=True)
     """Per API request: seconds, or a string like "10s"."""
+    max_requests_per_second: RequestRate = 50
+    """One budget for every API request; when the schedule asks for more, polls wait for
+    their turn (the most overdue first), never dropped."""
 
 
 class PollTable(_Table):

@@ -508,6 +508,24 @@ ERROR_CASES = [
         id="rate-limit-inf",
     ),
     pytest.param(
+        toml(hms=HMS + "max_requests_per_second = 0\n"),
+        "hms.max_requests_per_second",
+        "greater than 0",
+        id="request-budget-zero",
+    ),
+    pytest.param(
+        toml(hms=HMS + "max_requests_per_second = 20000\n"),
+        "hms.max_requests_per_second",
+        "10000",
+        id="request-budget-too-high",
+    ),
+    pytest.param(
+        toml(hms=HMS + "max_requests_per_second = nan\n"),
+        "hms.max_requests_per_second",
+        "finite number",
+        id="request-budget-nan",
+    ),
+    pytest.param(
         toml(tables='[delivery]\nbreaker_after = "0s"\n'),
         "delivery.breaker_after",
         "greater than 0 and at most 720h",
@@ -1474,6 +1492,19 @@ def test_describe(tmp_path: Path) -> None:
     assert "headers: X-Api-Key: ***, X-Env: ***" in text
     assert "audit-log: http://audit.internal:8080\n" in text
     assert "event types: all; rooms: all" in text
+    assert (
+        "API budget:  50 requests/s; 2 rooms every 1m ask 0.0333/s at one page a poll (0% of it"
+        in text
+    )
+
+
+def test_describe_does_the_request_arithmetic_against_the_budget(tmp_path: Path) -> None:
+    rooms = "".join(f'[[rooms]]\nid = "room-{i:02}"\n' for i in range(60))
+    hms = HMS + "max_requests_per_second = 0.5\n"
+    text = describe(load(tmp_path, toml(hms=hms, rooms=rooms, tables='[poll]\ninterval = "1m"\n')))
+
+    assert "API budget:  0.5 requests/s; 60 rooms every 1m ask 1/s at one page a poll (200%" in text
+    assert "over the budget: polls wait their turn, each room about every 2m" in text
 
 
 def test_describe_defaults_and_fixed_token(tmp_path: Path) -> None:
