@@ -213,7 +213,9 @@ def _delivery_state(w: _Writer, d: DeliveryRow) -> Markup:
     state = w.badge(d.state)
     if d.state != DeliveryState.PENDING:
         return state
-    return Markup(f'{state}<span class="url">next {w.time(d.next_attempt_at)}</span>')
+    # Past its time it waits on the webhook (paused, breaker, a full pipe): "due 7s ago".
+    when = "next" if d.next_attempt_at > w.now else "due"
+    return Markup(f'{state}<span class="url">{when} {w.time(d.next_attempt_at)}</span>')
 
 
 def _deliveries(w: _Writer, snap: Snapshot) -> Markup:

@@ -116,6 +116,10 @@ async def fill(store: Store, config: Config) -> Filled:
     await store.set_webhook_mode("gone", WebhookMode.DISABLED, reason=gone, now=now)
     held = "paused by hand at 2026-12-03T13:32:46Z"
     await store.set_webhook_mode("held", WebhookMode.PAUSED, reason=held, now=now)
+    # Owed to the paused webhook: due at once, and waiting.
+    await store.record_page(
+        "room-b", [event(4, "room-b")], config.webhooks[3:], deliver=True, now=now
+    )
     return Filled(first.delivery_id, second.delivery_id, third.delivery_id)
 
 
@@ -260,6 +264,7 @@ async def test_page_shows_rooms_webhooks_and_deliveries_escaped_and_without_secr
     # room, last poll, outcome, last success, events seen, lease owner, last error
     assert rooms["room-a"][2:3] == ["ok"]
     assert rooms["room-a"][4:] == ["3", "test-instance", ""]
+    assert rooms["room-b"][4] == "1"
     assert rooms["room-b"][2] == "failed (1 in a row)"
     assert rooms["room-b"][3] == "never"
     assert rooms["room-b"][6] == f"{HOSTILE_ERROR} echoing ***"  # masked like every report
@@ -277,10 +282,15 @@ async def test_page_shows_rooms_webhooks_and_deliveries_escaped_and_without_secr
     assert hooks["flaky"][8] == "HTTP 502 <b>bad gateway</b>"  # as text, not markup
     assert hooks["gone"][1] == "disabled the receiver answered 410 Gone at 2026-12-03T13:32:37Z"
     assert hooks["held"][1] == "paused paused by hand at 2026-12-03T13:32:46Z"
-    assert hooks["held"][3:7] == ["0", "0", "0", "none"]
+    assert hooks["held"][3:6] == ["1", "0", "0"]
+    assert hooks["held"][6].endswith(" ago")  # its oldest pending delivery
 
-    latest = by_first(sections["latest"])
+    (waiting, *rows) = sections["latest"]
+    latest = by_first(rows)
     assert list(latest) == [str(filled.pending), str(filled.dead), str(filled.delivered)]
+    assert waiting[1:3] == ["held", "room-b"]
+    assert waiting[5].startswith("pending due ")  # held back by the pause, past its time
+    assert waiting[5].endswith(" ago")
     # id, webhook, room, event type, event, state, attempts, last answer, seen, last attempt
     assert latest[str(filled.delivered)][5:8] == ["delivered", "1", "204"]
     assert latest[str(filled.pending)][5].startswith("pending next in ")
