@@ -31,13 +31,13 @@ from poller.hms.client import HmsClient, WalkLimits
 from poller.hms.token import MintedTokens, StaticToken, TokenProvider
 from poller.limit import Limiter
 from poller.metrics import Metrics
-from poller.page import DELIVERIES
 from poller.poll import PollResult, RoomPoller
 from poller.redaction import redactor_of
 from poller.schedule import Lateness, Scheduler
 from poller.server import HealthServer
 from poller.share import PollShare
 from poller.snapshot import Snapshot, snapshot
+from poller.status_page import DELIVERIES
 from poller.store.connect import open_store
 from poller.store.repo import Store
 from poller.timeutil import utcnow

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from poller import page
+from poller import status_page
 from poller.errors import UserError
 from poller.health import Check
 from poller.metrics import CONTENT_TYPE, Metrics
@@ -36,7 +36,7 @@ class HealthServer:
         live: LiveChecks,
         ready: ReadyChecks,
         status: TakeSnapshot | None = None,
-        redact: page.Redact = str,
+        redact: status_page.Redact = str,
         page_timeout: float = READY_TIMEOUT,
     ) -> None:
         self.host, self.port = host, port
@@ -119,15 +119,15 @@ class HealthServer:
         except UserError as exc:  # the store failed (StoreError), or its schema is behind
             problem = f"The store could not be read: {exc}"
         else:
-            return _html(page.render(snap, self._redact), 200)
-        return _html(page.unavailable(problem, utcnow(), self._redact), 503)
+            return _html(status_page.render(snap, self._redact), 200)
+        return _html(status_page.unavailable(problem, utcnow(), self._redact), 503)
 
 
 def _html(body: str, status: int) -> web.Response:
     return web.Response(
         text=body,
         status=status,
-        headers={**page.HEADERS, "Content-Type": page.CONTENT_TYPE},
+        headers={**status_page.HEADERS, "Content-Type": status_page.CONTENT_TYPE},
     )
 
 

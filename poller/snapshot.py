@@ -1,7 +1,7 @@
 """One read of the store for people: instances, rooms, webhooks and deliveries, as plain data.
 
 ``poller status`` (text and ``--json``), ``poller webhooks list`` and the status page
-(``GET /``, ``poller.page``) are renderings of what this module reads; it also holds the
+(``GET /``, ``poller.status_page``) are renderings of what this module reads; it holds the
 wording they share (``ago``, ``rfc3339``, ``describe_state``, ``last_answer``), so that a
 time, a state or an answer reads the same wherever it is shown.
 """

@@ -15,17 +15,16 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
 
-from poller import page
+from poller import status_page
 from poller.receiver import Receiver
 from poller.simulator import Simulator
 from poller.timeutil import utcnow
 from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, free_port
-from tests.e2e.test_daemon import Daemons, wait_delivered, wait_log
+from tests.e2e.test_daemon import Daemons, wait_dead, wait_delivered
 from tests.integration.test_status_page import by_first, tables
 
 pytestmark = pytest.mark.e2e
@@ -125,14 +124,7 @@ async def running(
     events = [simulator.add_event(room) for room in rooms]
     daemon = await daemons(write_config(**tables_)).start()
     await wait_delivered(receiver, {("all", e["id"]) for e in events}, daemon)
-    dead = {e["id"] for e in events}
-
-    def all_dead(log: dict[str, Any]) -> bool:
-        if log.get("event") == "delivery_attempt" and log.get("outcome") == "dead":
-            dead.discard(log.get("event_id", ""))
-        return not dead
-
-    await wait_log(daemon, all_dead, "every delivery to 'filtered' to die", 15)
+    await wait_dead(daemon, {e["id"] for e in events}, "every delivery to 'filtered' to die")
     yield Running(daemon, f"http://127.0.0.1:{port}/", receiver)
     assert await daemon.stop() == 0
 
@@ -177,8 +169,8 @@ async def test_the_browser_check_sees_a_blocked_style(chromium: str) -> None:
     reported by the browser."""
 
     async def served(_request: web.Request) -> web.Response:
-        body = page.unavailable("a test", utcnow(), str)
-        headers = {**page.HEADERS, "Content-Security-Policy": "style-src 'sha256-AAAA'"}
+        body = status_page.unavailable("a test", utcnow(), str)
+        headers = {**status_page.HEADERS, "Content-Security-Policy": "style-src 'sha256-AAAA'"}
         return web.Response(text=body, headers=headers, content_type="text/html")
 
     app = web.Application()

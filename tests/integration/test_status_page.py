@@ -26,12 +26,12 @@ from poller.config import Config, load_config
 from poller.events import Event
 from poller.health import Check
 from poller.metrics import Metrics
-from poller.page import DELIVERIES, STYLE
 from poller.parts import build
 from poller.redaction import redactor_of
 from poller.server import HealthServer
 from poller.snapshot import Snapshot, snapshot
 from poller.states import WebhookMode
+from poller.status_page import DELIVERIES, STYLE
 from poller.store.db import create_engine
 from poller.store.repo import Store
 from poller.timeutil import utcnow
@@ -385,13 +385,18 @@ async def test_a_hanging_store_gets_a_503_page_in_bounded_time_then_recovers(
                 await asyncio.sleep(0.1)
 
 
-async def test_a_store_that_is_not_migrated_gets_a_503_page(tmp_path: Path, config: Config) -> None:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+async def page_over_file(path: Path, config: Config) -> tuple[int, dict[str, str], str]:
+    """The page served over the SQLite file ``path``, whatever it holds."""
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
     try:
         async with serving(server_for(Store(engine, instance_id="x"), config)) as url:
-            status, headers, body = await fetch(url)
+            return await fetch(url)
     finally:
         await engine.dispose()
+
+
+async def test_a_store_that_is_not_migrated_gets_a_503_page(tmp_path: Path, config: Config) -> None:
+    status, headers, body = await page_over_file(tmp_path / "empty.db", config)
     assert status == 503
     assert_safe_headers(headers)
     assert "The store could not be read: store schema is at None" in body
@@ -403,12 +408,7 @@ async def test_a_store_that_fails_gets_a_503_page_with_its_error(
 ) -> None:
     path = tmp_path / "not-a-database.db"
     path.write_bytes(b"this is not an SQLite file, " * 100)
-    engine = create_engine(f"sqlite+aiosqlite:///{path}")
-    try:
-        async with serving(server_for(Store(engine, instance_id="x"), config)) as url:
-            status, _, body = await fetch(url)
-    finally:
-        await engine.dispose()
+    status, _, body = await page_over_file(path, config)
     assert status == 503
     assert "The store could not be read: " in body
     assert "not a database" in body
