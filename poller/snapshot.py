@@ -29,7 +29,6 @@ __all__ = [
     "ago",
     "describe_state",
     "last_answer",
-    "orphaned",
     "rfc3339",
     "snapshot",
     "state_name",
@@ -256,7 +255,13 @@ def state_name(state: WebhookState) -> str:
 
 
 def state_reason(webhook: WebhookView, now: dt.datetime) -> str | None:
-    """Why a webhook is in its state: the breaker's times, or why it is paused or disabled."""
+    """Why a webhook is in its state: orphaned, the breaker's times, or why it is paused
+    or disabled."""
+    if not webhook.configured:
+        return (
+            "not in the config; its deliveries are kept for when it returns, "
+            f"or `poller deliveries purge --webhook {webhook.name}`"
+        )
     if webhook.state is WebhookState.BREAKER_OPEN:
         return (
             f"since {ago(webhook.breaker_opened_at, now)}, "
@@ -265,18 +270,10 @@ def state_reason(webhook: WebhookView, now: dt.datetime) -> str | None:
     return webhook.reason
 
 
-def orphaned(name: str) -> str:
-    """What happens to a webhook in the store that is no longer in the config."""
-    return (
-        "orphaned: not in the config; its deliveries are kept for when it returns, "
-        f"or `poller deliveries purge --webhook {name}`"
-    )
-
-
 def describe_state(webhook: WebhookView, now: dt.datetime) -> str:
     """A webhook's state as one line of text: the state, why, and a spell of failures."""
     if not webhook.configured:
-        return orphaned(webhook.name)
+        return f"orphaned: {state_reason(webhook, now)}"
     parts = [state_name(webhook.state)]
     if reason := state_reason(webhook, now):
         parts.append(reason)

@@ -189,7 +189,12 @@ def _webhooks(w: _Writer, snap: Snapshot) -> Markup:
     def row(h: WebhookView) -> list[Markup]:
         where = w.text(h.url) if h.url else w.text("not configured")
         reason = state_reason(h, w.now)
-        state = w.badge(h.state.value, state_name(h.state))
+        # Orphaned (not in the config): not delivered to, whatever its stored state says.
+        state = (
+            w.badge(h.state.value, state_name(h.state))
+            if h.configured
+            else w.badge("none", "orphaned")
+        )
         return [
             Markup(f'{w.code(h.name)}<span class="url">{where}</span>'),
             Markup(state + (f'<span class="url">{w.text(reason)}</span>' if reason else "")),

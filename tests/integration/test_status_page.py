@@ -85,6 +85,16 @@ def config(store_url: str, write_config: ConfigWriter) -> Config:
 
 
 @dataclass(frozen=True)
+class Removed:
+    """A webhook that was in the config when its deliveries were made."""
+
+    name: str = "removed"
+
+    def matches(self, room_id: str, event_type: str) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
 class Filled:
     """What the store holds: per webhook of ``all``'s deliveries, which one is which."""
 
@@ -120,6 +130,8 @@ async def fill(store: Store, config: Config) -> Filled:
     await store.record_page(
         "room-b", [event(4, "room-b")], config.webhooks[3:], deliver=True, now=now
     )
+    # Owed to a webhook since removed from the config.
+    await store.record_page("room-b", [event(5, "room-b")], [Removed()], deliver=True, now=now)
     return Filled(first.delivery_id, second.delivery_id, third.delivery_id)
 
 
@@ -264,14 +276,14 @@ async def test_page_shows_rooms_webhooks_and_deliveries_escaped_and_without_secr
     # room, last poll, outcome, last success, events seen, lease owner, last error
     assert rooms["room-a"][2:3] == ["ok"]
     assert rooms["room-a"][4:] == ["3", "test-instance", ""]
-    assert rooms["room-b"][4] == "1"
+    assert rooms["room-b"][4] == "2"  # events 4 and 5
     assert rooms["room-b"][2] == "failed (1 in a row)"
     assert rooms["room-b"][3] == "never"
     assert rooms["room-b"][6] == f"{HOSTILE_ERROR} echoing ***"  # masked like every report
     assert rooms[HOSTILE_ROOM][1:3] == ["never", "not polled yet"]
 
     hooks = {row[0].split(" ")[0]: row for row in sections["webhooks"]}
-    assert list(hooks) == ["all", "flaky", "gone", "held"]
+    assert list(hooks) == ["all", "flaky", "gone", "held", "removed"]
     # webhook (url), state (reason), since, pending, delivered, dead, oldest pending, ...
     assert hooks["all"][0] == "all http://127.0.0.1:9"  # the origin: no userinfo, path, query
     assert hooks["all"][1] == "active"
@@ -284,8 +296,15 @@ async def test_page_shows_rooms_webhooks_and_deliveries_escaped_and_without_secr
     assert hooks["held"][1] == "paused paused by hand at 2026-12-03T13:32:46Z"
     assert hooks["held"][3:6] == ["1", "0", "0"]
     assert hooks["held"][6].endswith(" ago")  # its oldest pending delivery
+    assert hooks["removed"][0] == "removed not configured"
+    assert hooks["removed"][1] == (
+        "orphaned not in the config; its deliveries are kept for when it returns, "
+        "or `poller deliveries purge --webhook removed`"
+    )
+    assert hooks["removed"][3:6] == ["1", "0", "0"]
 
-    (waiting, *rows) = sections["latest"]
+    (orphaned, waiting, *rows) = sections["latest"]
+    assert orphaned[1] == "removed"
     latest = by_first(rows)
     assert list(latest) == [str(filled.pending), str(filled.dead), str(filled.delivered)]
     assert waiting[1:3] == ["held", "room-b"]

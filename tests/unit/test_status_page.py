@@ -179,6 +179,14 @@ def test_webhook_states_read_as_in_the_cli(state: WebhookState, shown: str) -> N
     assert shown in page
 
 
+def test_a_webhook_no_longer_in_the_config_is_orphaned() -> None:
+    removed = dataclasses.replace(webhook(WebhookState.ACTIVE), configured=False, url=None)
+    page = render(snap(webhooks=(removed,)), str)
+    assert '<span class="badge none">orphaned</span>' in page
+    assert "not configured" in page
+    assert "or `poller deliveries purge --webhook all`" in page
+
+
 def test_times_carry_their_instant() -> None:
     page = render(snap(), str)
     assert '<time datetime="2026-12-03T11:58:30.000Z" title="2026-12-03T11:58:30.000Z">' in page
