@@ -36,6 +36,8 @@ from poller.redaction import redactor_of
 from poller.schedule import Lateness, Scheduler
 from poller.server import HealthServer
 from poller.share import PollShare
+from poller.snapshot import Snapshot, snapshot
+from poller.status_page import DELIVERIES
 from poller.store.connect import open_store
 from poller.store.repo import Store
 from poller.timeutil import utcnow
@@ -255,6 +257,10 @@ def build(config: Config, store: Store) -> Parts:
     )
     server = None
     if config.server is not None:
+
+        async def status() -> Snapshot:
+            return await snapshot(store, config, utcnow(), deliveries=DELIVERIES)
+
         server = HealthServer(
             config.server.host,
             config.server.port,
@@ -262,6 +268,8 @@ def build(config: Config, store: Store) -> Parts:
             refresh_metrics=lambda: metrics.refresh(store, [w.name for w in config.webhooks]),
             live=health.live,
             ready=health.ready,
+            status=status if config.server.status_page else None,
+            redact=redactor_of(config),
         )
     return Parts(
         config=config,

@@ -84,7 +84,11 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
             breaker_after=delivery.breaker_after,
             probe_interval=delivery.probe_interval,
         ),
-        server=ServerConfig(*file.server.listen) if file.server else None,
+        server=(
+            ServerConfig(*file.server.listen, status_page=file.server.status_page)
+            if file.server
+            else None
+        ),
         log=LogConfig(level=file.log.level, format=file.log.format),
         rooms=rooms,
         webhooks=_webhooks(src, file.webhooks, hms, rooms, delivery.max_concurrency),

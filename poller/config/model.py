@@ -95,6 +95,7 @@ class DeliveryConfig:
 class ServerConfig:
     host: str
     port: int
+    status_page: bool = True  # GET /: the read-only HTML status page
 
 
 @dataclass(frozen=True, slots=True)

@@ -339,10 +339,13 @@ class DeliveryTable(_Table):
 
 
 class ServerTable(_Table):
-    """/healthz, /readyz and /metrics; omit the table to disable them."""
+    """/healthz, /readyz, /metrics and the status page; omit the table to disable them."""
 
     listen: Listen = Field("127.0.0.1:9464", validate_default=True)
     """host:port or [v6-address]:port."""
+    status_page: bool = True
+    """true: GET / serves a read-only HTML page of rooms, webhooks and the latest deliveries
+    (no secrets, no scripts); false: GET / is 404."""
 
 
 class LogTable(_Table):

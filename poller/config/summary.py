@@ -11,9 +11,10 @@ __all__ = ["describe"]
 _MAX_ROOMS_SHOWN = 10
 
 
-def _listen(server: ServerConfig) -> str:
+def _server(server: ServerConfig) -> str:
     host = f"[{server.host}]" if ":" in server.host else server.host
-    return f"{host}:{server.port}"
+    page = "status page at /" if server.status_page else "no status page"
+    return f"{host}:{server.port} (/healthz, /readyz, /metrics; {page})"
 
 
 def _describe_webhook(webhook: WebhookConfig) -> list[str]:
@@ -65,7 +66,7 @@ def describe(config: Config) -> str:
         f"delivery:    timeout {format_duration(delivery.timeout)}, {retries}; "
         f"breaker after {format_duration(delivery.breaker_after)} of failures, "
         f"probe every {format_duration(delivery.probe_interval)}",
-        f"server:      {_listen(config.server) if config.server else 'disabled'}",
+        f"server:      {_server(config.server) if config.server else 'disabled'}",
         f"log:         level {config.log.level}, format {config.log.format}",
         f"shutdown:    grace {format_duration(config.shutdown_grace)}; "
         f"instance id {config.instance_id or '<hostname>:<pid>'}",

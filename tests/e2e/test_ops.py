@@ -23,10 +23,16 @@ from standardwebhooks import Webhook
 from poller.receiver import Receiver
 from poller.signing import SigningKey
 from poller.simulator import Simulator
-from tests.conftest import ConfigWriter, DaemonProcess, daemon_config
+from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, free_port
 from tests.e2e.test_cli import assert_one_line_error
-from tests.e2e.test_daemon import Daemons, Event, poller_cli, wait_delivered, wait_log
-from tests.e2e.test_store_faults import free_port
+from tests.e2e.test_daemon import (
+    Daemons,
+    Event,
+    poller_cli,
+    wait_dead,
+    wait_delivered,
+    wait_log,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -78,14 +84,7 @@ async def filled(
     events = [simulator.add_event(room) for room in ("room-a", "room-a", "room-b")]
     daemon = await daemons(config).start()
     await wait_delivered(receiver, {("all", e["id"]) for e in events}, daemon)
-    dead = {e["id"] for e in events}
-
-    def all_dead(log: dict[str, Any]) -> bool:
-        if log.get("event") == "delivery_attempt" and log.get("outcome") == "dead":
-            dead.discard(log.get("event_id", ""))
-        return not dead
-
-    await wait_log(daemon, all_dead, "every delivery to 'filtered' to die", 15)
+    await wait_dead(daemon, {e["id"] for e in events}, "every delivery to 'filtered' to die")
     receiver.heal("filtered")
     yield Filled(daemon, config, receiver, events)
     assert await daemon.stop() == 0

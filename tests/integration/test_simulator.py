@@ -99,7 +99,9 @@ async def test_bad_credentials_get_401(
     assert status == 401
     assert body["code"] == 401
     assert set(body) == {"code", "message", "details"}
-    assert sim.requests == [{"query": [("room_id", ROOM)], "authorized": False, "status": 401}]
+    (request,) = sim.requests
+    assert isinstance(request.pop("at"), float)  # when it came (monotonic), for rate checks
+    assert request == {"query": [("room_id", ROOM)], "authorized": False, "status": 401}
 
 
 async def test_rooms_need_auth_too(sim: Simulator, session: aiohttp.ClientSession) -> None:

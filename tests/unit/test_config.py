@@ -143,6 +143,7 @@ probe_interval = "1m"
 
 [server]
 listen = "[::1]:9100"
+status_page = false
 
 [log]
 level = "DEBUG"
@@ -209,7 +210,7 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
             breaker_after=3600.0,
             probe_interval=60.0,
         ),
-        server=ServerConfig(host="::1", port=9100),
+        server=ServerConfig(host="::1", port=9100, status_page=False),
         log=LogConfig(level="debug", format="json"),
         rooms=(RoomConfig("room-a"), RoomConfig("room-b")),
         webhooks=(
@@ -281,7 +282,14 @@ def test_webhook_max_concurrency_defaults_to_delivery_setting(tmp_path: Path) ->
 
 def test_server_table_without_listen_uses_default_address(tmp_path: Path) -> None:
     config = load(tmp_path, toml(tables="[server]\n"))
-    assert config.server == ServerConfig(host="127.0.0.1", port=9464)
+    assert config.server == ServerConfig(host="127.0.0.1", port=9464, status_page=True)
+
+
+def test_status_page_is_on_by_default_and_check_config_says_so(tmp_path: Path) -> None:
+    text = describe(load(tmp_path, toml(tables="[server]\n")))
+    assert "server:      127.0.0.1:9464 (/healthz, /readyz, /metrics; status page at /)" in text
+    off = load(tmp_path, toml(tables="[server]\nstatus_page = false\n"))
+    assert off.server == ServerConfig(host="127.0.0.1", port=9464, status_page=False)
 
 
 def test_empty_retry_schedule_means_one_attempt(tmp_path: Path) -> None:
@@ -1047,6 +1055,24 @@ ERROR_CASES = [
         id="listen-int",
     ),
     pytest.param(
+        toml(tables='[server]\nstatus_page = "yes"\n'),
+        "server.status_page",
+        "expected a boolean",
+        id="status-page-string",
+    ),
+    pytest.param(
+        toml(tables="[server]\nstatus_page = 1\n"),
+        "server.status_page",
+        "expected a boolean",
+        id="status-page-int",
+    ),
+    pytest.param(
+        toml(tables="[server]\nstatus-page = true\n"),
+        "server.status-page",
+        "status_page",
+        id="status-page-typo",
+    ),
+    pytest.param(
         toml(webhooks=WEBHOOK + 'headers = { "X-Api" = ["1"] }\n'),
         "webhooks[0].headers.X-Api",
         "expected a string, got an array",
@@ -1485,7 +1511,7 @@ def test_describe(tmp_path: Path) -> None:
     assert "every 1m, page size 50, backfill off" in text
     assert "postgresql+asyncpg://poller:***@db.example.com:5432/poller" in text
     assert "timeout 2.5s, retries after 250ms, 30s, 1h (up to 4 attempts)" in text
-    assert "server:      [::1]:9100" in text
+    assert "server:      [::1]:9100 (/healthz, /readyz, /metrics; no status page)" in text
     assert "rooms (2):   room-a, room-b" in text
     assert "recordings: https://example.com:443\n" in text
     assert "event types: beam.recording.success; rooms: room-a" in text
