@@ -17,6 +17,7 @@ from poller.config import (
     DEFAULT_CONFIG_PATH,
     Config,
     DeliveryConfig,
+    DiscoveryConfig,
     HmsConfig,
     LogConfig,
     PollConfig,
@@ -743,6 +744,30 @@ ERROR_CASES = [
         id="secret-inline-and-file",
     ),
     # rooms
+    pytest.param(
+        toml(tables='[discovery]\ninterval = "0s"\n'),
+        "discovery.interval",
+        "greater than 0",
+        id="discovery-interval-zero",
+    ),
+    pytest.param(
+        toml(tables='[discovery]\nkeep = "745h"\n'),
+        "discovery.keep",
+        "must be from 0s to 720h (30 days), got '745h'",
+        id="discovery-keep-too-long",
+    ),
+    pytest.param(
+        toml(tables='[discovery]\ntemplate_ids = ["t1", "t2", "t1"]\n'),
+        "discovery.template_ids[2]",
+        "duplicate 't1'",
+        id="discovery-template-twice",
+    ),
+    pytest.param(
+        toml(tables="[discovery]\nenabeld = true\n"),
+        "discovery.enabeld",
+        "did you mean 'enabled'",
+        id="discovery-typo",
+    ),
     pytest.param(toml(rooms=""), "rooms", "at least one [[rooms]] is required", id="no-rooms"),
     pytest.param(
         toml(top="rooms = []", rooms=""),
@@ -1619,3 +1644,29 @@ def test_every_event_type_the_api_serves_and_extra_ones_are_accepted(tmp_path: P
     assert config.hms.extra_event_types == ("room.future.event",)
     (webhook,) = config.webhooks
     assert webhook.event_types == {"room.future.event", "client.disconnected"}
+
+
+def test_discovery_needs_no_rooms_and_lets_webhooks_name_any_room(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        toml(
+            tables='[discovery]\nenabled = true\nname_prefix = "class-"\n'
+            'template_ids = ["t1"]\nkeep = "2h"\n',
+            rooms="",
+            webhooks=WEBHOOK + 'rooms = ["found-later"]\n',
+        ),
+    )
+    assert config.rooms == ()
+    assert config.discovery == DiscoveryConfig(
+        enabled=True, name_prefix="class-", template_ids=frozenset({"t1"}), keep=7200.0
+    )
+    assert config.discovery.wants("class-7", "t1")
+    assert not config.discovery.wants("lobby", "t1")
+    assert not config.discovery.wants("class-7", "t2")
+    (webhook,) = config.webhooks
+    assert webhook.rooms == {"found-later"}
+    text = describe(config)
+    assert (
+        "discovery:   GET /rooms every 5m: enabled rooms, named 'class-'..., of templates t1; "
+        "a room that leaves the listing is polled 2h more" in text
+    )
