@@ -53,8 +53,12 @@ def status_text(snap: Snapshot) -> str:
         lines.append("  none running")
     lines.append("rooms:")
     for room in snap.rooms:
+        found = ""
+        if room.origin == "discovery":
+            found = f" (discovered {ago(room.discovered_at, now)}"
+            found += f", left the listing {ago(room.left_at, now)})" if room.left_at else ")"
         if not room.polled:
-            lines.append(f"  {room.id}: not polled yet")
+            lines.append(f"  {room.id}{found}: not polled yet")
             continue
         error = f", last error: {room.last_error}" if room.last_error else ""
         failed = room.failed_walks
@@ -62,9 +66,11 @@ def status_text(snap: Snapshot) -> str:
         baseline = "" if room.first_polled_at else ", no complete walk yet"
         owner = f", leased by {room.lease_owner}" if room.lease_owner else ""
         lines.append(
-            f"  {room.id}: last success {ago(room.last_success_at, now)}, "
+            f"  {room.id}{found}: last success {ago(room.last_success_at, now)}, "
             f"last poll {ago(room.last_polled_at, now)}{owner}{failing}{baseline}{error}"
         )
+    if snap.retired_rooms:
+        lines.append(f"  ({snap.retired_rooms} retired rooms: left the listing, no longer polled)")
     lines.append("webhooks (pending / delivered / dead, state):")
     for hook in snap.webhooks:
         p, d, x = (hook.count(s) for s in DeliveryState)
@@ -97,9 +103,13 @@ def status_json(snap: Snapshot) -> dict[str, Any]:
                 "last_error": r.last_error,
                 "failed_walks": r.failed_walks,
                 "lease_owner": r.lease_owner,
+                "origin": r.origin,
+                "discovered_at": rfc3339(r.discovered_at),
+                "left_at": rfc3339(r.left_at),
             }
             for r in snap.rooms
         ],
+        "retired_rooms": snap.retired_rooms,
         "webhooks": [webhook_json(w) for w in snap.webhooks],
         "oldest_pending_at": rfc3339(snap.oldest_pending_at),
     }

@@ -71,6 +71,18 @@ class RoomView:
     failed_walks: int  # in a row
     lease_owner: str | None
     events_seen: int  # events the store holds for it (31 days are kept)
+    origin: str = "config"  # config ([[rooms]]) or discovery (GET /rooms)
+    discovered_at: dt.datetime | None = None  # first listed by GET /rooms
+    left_at: dt.datetime | None = None  # no longer listed: polled for [discovery] keep
+
+    @property
+    def origin_text(self) -> str:
+        """Where the room comes from, in words (for a discovered one, since when)."""
+        if self.origin != "discovery":
+            return "config"
+        if self.left_at is not None:
+            return "discovery, left the listing"
+        return "discovery"
 
     @property
     def outcome(self) -> PollOutcome | None:
@@ -149,11 +161,12 @@ class Snapshot:
     store: str  # the URL, password masked
     schema: str | None
     instances: tuple[InstanceView, ...]
-    rooms: tuple[RoomView, ...]  # in config order
+    rooms: tuple[RoomView, ...]  # the config's in its order, then discovered ones by id
     webhooks: tuple[WebhookView, ...]  # by name
     oldest_pending_at: dt.datetime | None  # of the configured webhooks
     latest: tuple[DeliveryRow, ...]  # newest first
     dead: tuple[DeliveryRow, ...]  # newest first
+    retired_rooms: int = 0  # discovered, left the listing and retired: no longer polled
 
 
 async def webhook_views(store: Store, config: Config) -> list[WebhookView]:
@@ -181,6 +194,7 @@ async def snapshot(
     if current != head:
         raise SchemaBehind(current, head)
     stored = {row["id"]: row for row in await store.room_states()}
+    configured = {r.id for r in config.rooms}
     seen = await store.event_counts()
     instances = await store.instance_states()
     hooks = await webhook_views(store, config)
@@ -201,7 +215,12 @@ async def snapshot(
         instances=tuple(
             InstanceView(i["id"], i["started_at"], i["heartbeat_at"]) for i in instances
         ),
-        rooms=tuple(_room(r.id, stored.get(r.id), seen.get(r.id, 0)) for r in config.rooms),
+        rooms=tuple(
+            _room(r, stored.get(r), seen.get(r, 0), config) for r in _room_ids(config, stored)
+        ),
+        retired_rooms=sum(
+            1 for r in stored.values() if r.get("retired_at") and r["id"] not in configured
+        ),
         webhooks=tuple(hooks),
         oldest_pending_at=min(owed, default=None),
         latest=tuple(latest),
@@ -209,8 +228,22 @@ async def snapshot(
     )
 
 
-def _room(room_id: str, row: Mapping[str, Any] | None, events_seen: int) -> RoomView:
+def _room_ids(config: Config, stored: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The config's rooms, then those discovery found and has not retired."""
+    configured = [r.id for r in config.rooms]
+    found = sorted(
+        r
+        for r, row in stored.items()
+        if row.get("discovered_at") and not row.get("retired_at") and r not in set(configured)
+    )
+    return [*configured, *found]
+
+
+def _room(
+    room_id: str, row: Mapping[str, Any] | None, events_seen: int, config: Config
+) -> RoomView:
     row = row or {}
+    configured = any(r.id == room_id for r in config.rooms)  # few: a config lists rooms by hand
     return RoomView(
         id=room_id,
         polled=bool(row),
@@ -221,6 +254,9 @@ def _room(room_id: str, row: Mapping[str, Any] | None, events_seen: int) -> Room
         failed_walks=row.get("failed_walks", 0),
         lease_owner=row.get("lease_owner"),
         events_seen=events_seen,
+        origin="config" if configured else "discovery",
+        discovered_at=row.get("discovered_at"),
+        left_at=row.get("left_at"),
     )
 
 

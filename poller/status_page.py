@@ -165,6 +165,7 @@ def _rooms(w: _Writer, snap: Snapshot) -> Markup:
         owner = w.code(r.lease_owner) if r.lease_owner else w.text("")
         return [
             w.code(r.id),
+            w.text(r.origin_text),
             w.time(r.last_polled_at),
             _outcome(w, r),
             w.time(r.last_success_at),
@@ -173,9 +174,11 @@ def _rooms(w: _Writer, snap: Snapshot) -> Markup:
             w.error(r.last_error),
         ]
 
-    heads = ["room", "last poll", "outcome", "last success", "events seen", "lease owner"]
-    table = _table([*heads, "last error"], map(row, snap.rooms), numeric=[4])
-    title = "Rooms (from the config)"
+    heads = ["room", "from", "last poll", "outcome", "last success", "events seen"]
+    table = _table([*heads, "lease owner", "last error"], map(row, snap.rooms), numeric=[5])
+    title = "Rooms"
+    if snap.retired_rooms:
+        title += f" ({snap.retired_rooms} retired rooms not shown)"
     return _section("rooms", title, table, "no rooms configured", rows=len(snap.rooms))
 
 

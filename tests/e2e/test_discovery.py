@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +10,14 @@ import pytest
 from poller.receiver import Receiver
 from poller.simulator import Simulator
 from tests.conftest import ConfigWriter, daemon_config
-from tests.e2e.test_daemon import Daemons, pairs, polled_ok, wait_delivered, wait_log
+from tests.e2e.test_daemon import (
+    Daemons,
+    pairs,
+    polled_ok,
+    poller_cli,
+    wait_delivered,
+    wait_log,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +55,7 @@ async def test_rooms_appear_leave_and_survive_a_restart(
                 "enabled": True,
                 "interval": "300ms",
                 "name_prefix": "class-",
-                "keep": "1s",
+                "keep": "3s",
             },
         )
     )
@@ -63,12 +71,26 @@ async def test_rooms_appear_leave_and_survive_a_restart(
     assert ("all", history["id"]) not in pairs(receiver)
     assert not any(e.get("room_id") == "lobby" for e in daemon.events())
 
-    # It leaves the listing: polled a second more (a late recording still arrives), then retired.
+    # It leaves the listing: polled 3 s more (a late recording still arrives), then retired.
     simulator.set_room("new", enabled=False)
     await wait_log(daemon, discovered(left=1), "new to leave the listing", 10)
+    code, out, err = await poller_cli("status", "--json", "-c", str(config))
+    assert code == 0, err
+    rooms = {r["id"]: r for r in json.loads(out)["rooms"]}
+    assert set(rooms) == {"old", "new"}
+    assert rooms["old"]["origin"] == "discovery"
+    assert rooms["old"]["left_at"] is None
+    assert rooms["new"]["left_at"] is not None
+    code, out, err = await poller_cli("status", "-c", str(config))
+    assert "  new (discovered " in out
+    assert ", left the listing " in out
     late = simulator.add_event("new")
     await wait_delivered(receiver, {("all", late["id"])}, daemon)
     await wait_log(daemon, discovered(retired=1), "new to be retired", 10)
+    code, out, err = await poller_cli("status", "--json", "-c", str(config))
+    status = json.loads(out)
+    assert [r["id"] for r in status["rooms"]] == ["old"]
+    assert status["retired_rooms"] == 1
     assert await daemon.stop() == 0
 
     # A restart polls what was found at once, before its first walk.

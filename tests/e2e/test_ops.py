@@ -338,7 +338,15 @@ def test_gen_secret_prints_a_fresh_standard_webhooks_secret() -> None:
 
 async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
     status = await filled.json("status")
-    assert set(status) == {"store", "schema", "instances", "rooms", "webhooks", "oldest_pending_at"}
+    assert set(status) == {
+        "store",
+        "schema",
+        "instances",
+        "rooms",
+        "retired_rooms",
+        "webhooks",
+        "oldest_pending_at",
+    }
     assert status["schema"] is not None
     (instance,) = status["instances"]  # the running daemon
     assert set(instance) == {"id", "started_at", "heartbeat_at"}
@@ -354,7 +362,11 @@ async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
             "last_error",
             "failed_walks",
             "lease_owner",
+            "origin",
+            "discovered_at",
+            "left_at",
         }
+        assert room["origin"] == "config"
         assert room["polled"] is True
         assert room["last_error"] is None
         assert room["first_polled_at"] is not None

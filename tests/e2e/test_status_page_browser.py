@@ -141,8 +141,8 @@ async def test_a_running_daemon_s_page_in_a_browser(
     rooms = by_first(sections["rooms"])
     assert list(rooms) == ["room-a", "room-b", HOSTILE_ROOM]
     for room in rooms.values():
-        assert room[2] == "ok"  # outcome
-        assert room[4] == "1"  # events seen
+        assert room[1:4:2] == ["config", "ok"]  # from, outcome
+        assert room[5] == "1"  # events seen
     hooks = {row[0].split(" ")[0]: row for row in sections["webhooks"]}
     assert hooks["all"][3:6] == ["0", "3", "0"]  # pending, delivered, dead
     assert hooks["filtered"][3:6] == ["0", "0", "3"]

@@ -273,14 +273,15 @@ async def test_page_shows_rooms_webhooks_and_deliveries_escaped_and_without_secr
 
     rooms = by_first(sections["rooms"])
     assert list(rooms) == ["room-a", "room-b", HOSTILE_ROOM]
-    # room, last poll, outcome, last success, events seen, lease owner, last error
-    assert rooms["room-a"][2:3] == ["ok"]
-    assert rooms["room-a"][4:] == ["3", "test-instance", ""]
-    assert rooms["room-b"][4] == "2"  # events 4 and 5
-    assert rooms["room-b"][2] == "failed (1 in a row)"
-    assert rooms["room-b"][3] == "never"
-    assert rooms["room-b"][6] == f"{HOSTILE_ERROR} echoing ***"  # masked like every report
-    assert rooms[HOSTILE_ROOM][1:3] == ["never", "not polled yet"]
+    # room, from, last poll, outcome, last success, events seen, lease owner, last error
+    assert {row[1] for row in rooms.values()} == {"config"}
+    assert rooms["room-a"][3:4] == ["ok"]
+    assert rooms["room-a"][5:] == ["3", "test-instance", ""]
+    assert rooms["room-b"][5] == "2"  # events 4 and 5
+    assert rooms["room-b"][3] == "failed (1 in a row)"
+    assert rooms["room-b"][4] == "never"
+    assert rooms["room-b"][7] == f"{HOSTILE_ERROR} echoing ***"  # masked like every report
+    assert rooms[HOSTILE_ROOM][2:4] == ["never", "not polled yet"]
 
     hooks = {row[0].split(" ")[0]: row for row in sections["webhooks"]}
     assert list(hooks) == ["all", "flaky", "gone", "held", "removed"]
@@ -338,7 +339,7 @@ async def test_an_empty_store_says_so(store: Store, config: Config) -> None:
     assert "no deliveries yet" in body
     assert "no dead deliveries" in body
     assert "none running" in body
-    assert [row[1:3] for row in tables(body)["rooms"]] == [["never", "not polled yet"]] * 3
+    assert [row[2:4] for row in tables(body)["rooms"]] == [["never", "not polled yet"]] * 3
 
 
 @contextlib.contextmanager
