@@ -52,6 +52,8 @@ def describe(config: Config) -> str:
     rooms = ", ".join(room_ids[:_MAX_ROOMS_SHOWN])
     if len(room_ids) > _MAX_ROOMS_SHOWN:
         rooms += f" ... and {len(room_ids) - _MAX_ROOMS_SHOWN} more"
+    if not room_ids:
+        rooms = "none listed (discovery finds them)"
     lines = [
         f"config:      {config.path}",
         f"100ms API:   {url_origin(hms.base_url)} ({auth}; "
