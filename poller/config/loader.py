@@ -24,7 +24,9 @@ from poller.config.model import (
     WebhookConfig,
 )
 from poller.config.schema import ConfigFile, HmsTable, WebhookTable
+from poller.config.proxy import route_for
 from poller.config.secrets import read_secret
+from poller.config.tls import TlsFiles, TlsLoader
 from poller.config.values import HEADER_NAME
 from poller.signing import InvalidSecret, SigningKey
 
@@ -56,7 +58,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         file = ConfigFile.model_validate(_read_toml(src))
     except ValidationError as e:
         raise translate(src, e, ConfigFile) from None
-    hms = _hms(src, file.hms)
+    tls = TlsLoader(src)
+    hms = _hms(src, file.hms, tls)
     rooms = _rooms(src, file)
     poll, delivery, store = file.poll, file.delivery, file.store
     return Config(
@@ -85,7 +88,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         server=ServerConfig(*file.server.listen) if file.server else None,
         log=LogConfig(level=file.log.level, format=file.log.format),
         rooms=rooms,
-        webhooks=_webhooks(src, file.webhooks, hms, rooms, delivery.max_concurrency),
+        webhooks=_webhooks(src, file.webhooks, hms, rooms, delivery.max_concurrency, tls),
         shutdown_grace=file.shutdown_grace,
         instance_id=file.instance_id,
     )
@@ -129,7 +132,7 @@ def _strings(src: Source, loc: Loc, values: Sequence[str] | None) -> frozenset[s
     return frozenset(values)
 
 
-def _hms(src: Source, hms: HmsTable) -> HmsConfig:
+def _hms(src: Source, hms: HmsTable, tls: TlsLoader) -> HmsConfig:
     loc = ("hms",)
     _strings(src, (*loc, "event_types"), hms.event_types)
     secret = read_secret(
@@ -171,6 +174,8 @@ def _hms(src: Source, hms: HmsTable) -> HmsConfig:
         app_secret=secret.secret if secret else None,
         management_token=token.secret if token else None,
         request_timeout=hms.request_timeout,
+        tls=tls.load(loc, TlsFiles(ca_file=hms.ca_file), url=hms.base_url, url_key="base_url"),
+        route=route_for(src, loc, hms.base_url, hms.proxy),
     )
 
 
@@ -187,6 +192,7 @@ def _webhooks(
     hms: HmsConfig,
     rooms: tuple[RoomConfig, ...],
     max_concurrency: int,
+    tls: TlsLoader,
 ) -> tuple[WebhookConfig, ...]:
     if not tables:
         raise src.error(("webhooks",), "at least one [[webhooks]] is required")
@@ -216,6 +222,7 @@ def _webhooks(
         )
         headers = _headers(src, (*loc, "headers"), t.headers)
         previous = _previous_secrets(src, (*loc, "previous_secrets"), t.previous_secrets)
+        files = TlsFiles(ca_file=t.ca_file, client_cert=t.client_cert, client_key=t.client_key)
         try:
             webhook = WebhookConfig(
                 name=t.name,
@@ -229,6 +236,8 @@ def _webhooks(
                 ),
                 previous_secrets=previous,
                 rate_limit=t.rate_limit,
+                tls=tls.load(loc, files, url=t.url, url_key="url"),
+                route=route_for(src, loc, t.url, t.proxy),
             )
         except InvalidSecret as e:  # the message never carries the secret, nor does via()
             raise src.error((*loc, "secret"), f"{e}{secret.via()}") from None
