@@ -23,8 +23,8 @@ from poller.config.model import (
     StoreConfig,
     WebhookConfig,
 )
-from poller.config.schema import ConfigFile, HmsTable, WebhookTable
 from poller.config.proxy import route_for
+from poller.config.schema import ConfigFile, HmsTable, WebhookTable
 from poller.config.secrets import read_secret
 from poller.config.tls import TlsFiles, TlsLoader
 from poller.config.values import HEADER_NAME

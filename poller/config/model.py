@@ -86,7 +86,7 @@ class TlsConfig:
     context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
     @property
-    def ssl(self) -> ssl.SSLContext | bool:
+    def client_ssl(self) -> ssl.SSLContext | bool:
         """What the HTTP client is given: this context, or True for its verified default."""
         return True if self.context is None else self.context
 

@@ -15,6 +15,7 @@ from poller.config.certs import certificate_info, pem_certificates
 from poller.config.messages import Loc, Source
 from poller.config.model import CertificateInfo, TlsConfig
 from poller.config.secrets import config_file_path
+from poller.errors import openssl_reason
 
 __all__ = ["TlsFiles", "TlsLoader"]
 
@@ -97,7 +98,7 @@ class TlsLoader:
                 # cadata alone: these CAs replace the system's, they are not added to them.
                 context = ssl.create_default_context(cadata=text)
             except ssl.SSLError as e:
-                problem = f"{ca} holds a certificate OpenSSL cannot use ({_reason(e)})"
+                problem = f"{ca} holds a certificate OpenSSL cannot use ({openssl_reason(e)})"
                 raise self.src.error((*loc, "ca_file"), problem) from None
             ders = pem_certificates(text)
             ca_count = len(ders)
@@ -147,7 +148,7 @@ class TlsLoader:
         except ssl.SSLError as e:
             template = _CHAIN_PROBLEMS.get(e.reason or "")
             if template is None:
-                problem = f"{cert} cannot be used as a client certificate ({_reason(e)})"
+                problem = f"{cert} cannot be used as a client certificate ({openssl_reason(e)})"
                 raise self.src.error(cert_loc, problem) from None
             raise self.src.error(key_where, f"{key_path} {template.format(cert=cert)}") from None
         except OSError as e:  # the file went away since it was read
@@ -168,12 +169,11 @@ class TlsLoader:
 
 
 def _not_pem(text: str, what: str) -> str:
+    key = "key" in what
     if text[:1] == chr(_DER_SEQUENCE):
-        return (
-            f"is binary (DER); poller reads PEM: convert it with "
-            f"`openssl x509 -inform der` (certificates) or `openssl pkey -inform der` (keys)"
-        )
-    marker = "-----BEGIN CERTIFICATE-----" if "certificate" in what else "-----BEGIN PRIVATE KEY-----"
+        tool = "openssl pkey -inform der" if key else "openssl x509 -inform der"
+        return f"is binary (DER); poller reads PEM: convert it with `{tool} -in FILE`"
+    marker = "-----BEGIN PRIVATE KEY-----" if key else _BEGIN_CERTIFICATE
     return f"is not a PEM file of {what} (no {marker} line)"
 
 
@@ -182,10 +182,3 @@ def _encrypted(path: Path) -> str:
         f"{path} is encrypted with a passphrase, which poller cannot be given; "
         "decrypt it (`openssl pkey -in KEY -out KEY.plain`) and protect the file instead"
     )
-
-
-def _reason(error: ssl.SSLError) -> str:
-    """OpenSSL's text without its source location: ``[SSL] PEM lib`` -> ``PEM lib``."""
-    text = error.args[1] if len(error.args) > 1 and isinstance(error.args[1], str) else str(error)
-    text = text.split("] ", 1)[-1]
-    return text.rsplit(" (_ssl.c:", 1)[0]

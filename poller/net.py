@@ -1,0 +1,102 @@
+"""What a failed HTTP request means, in words for the attempt log and poll errors.
+
+TLS and proxy failures reach aiohttp's caller as a handful of exception types whose text
+is OpenSSL's or the connection key's (which names the SSL context, not the reason). These
+functions say which side refused what, and what to check, and never quote a URL's path,
+a header or a proxy's credentials: only host names, statuses and OpenSSL's reason codes.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+
+import aiohttp
+
+from poller.config.model import Route
+from poller.errors import openssl_reason
+
+__all__ = ["connection_failure", "proxy_options", "proxy_refusal"]
+
+# TLS alerts the peer sends about our client certificate, and what they mean to an operator.
+_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "requires a client certificate (client_cert)",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "refused the handshake (does it require a client "
+    "certificate, or a TLS version or cipher poller does not offer?)",
+    "TLSV1_ALERT_UNKNOWN_CA": "does not trust the client certificate's CA",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "refused the client certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "refused the client certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "refused the client certificate as expired",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "refused the client certificate as revoked",
+    "TLSV1_ALERT_ACCESS_DENIED": "denied access to the client certificate",
+    "WRONG_VERSION_NUMBER": "did not answer in TLS (is it an http:// server?)",
+}
+
+
+def proxy_options(route: Route) -> tuple[str | None, dict[str, str] | None]:
+    """aiohttp's ``proxy`` and ``proxy_headers`` for ``route`` (None, None: direct)."""
+    if route.proxy is None:
+        return None, None
+    return route.proxy.url, route.proxy.headers() or None
+
+
+def proxy_refusal(status: int, route: Route) -> str | None:
+    """Words for ``status`` when it is the proxy's 407 to a plain-HTTP request, else None."""
+    if status != 407 or route.proxy is None:
+        return None
+    return f"HTTP 407 from the proxy {route.proxy.url} ({_credentials(route)})"
+
+
+def _credentials(route: Route) -> str:
+    wrong = route.proxy is not None and route.proxy.username is not None
+    return f"proxy authentication required: its credentials are {'wrong' if wrong else 'missing'}"
+
+
+def connection_failure(
+    exc: aiohttp.ClientError, *, peer: str, route: Route, https: bool
+) -> str | None:
+    """Words for a TLS or proxy failure of a request to ``peer`` ("the receiver", "the
+    API"), or None when ``exc`` is neither (the caller's own wording then applies)."""
+    proxy = route.proxy
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        where = f"the proxy {proxy.url}" if proxy is not None else "the proxy"
+        return f"cannot connect to {where}: {reason}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        where = f"the proxy {proxy.url}" if proxy is not None else "the proxy"
+        text = f"{where} refused the tunnel to {peer}: HTTP {exc.status}"
+        return f"{text} ({_credentials(route)})" if exc.status == 407 else text
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        detail = getattr(error, "verify_message", None) or openssl_reason(error)
+        return f"TLS: {peer}'s certificate is not trusted: {detail}"
+    found = _ssl_error(exc)
+    if found is not None:
+        meaning = _ALERTS.get(found.reason or "")
+        if meaning is not None:
+            return f"TLS: {peer} {meaning} [{openssl_reason(found)}]"
+        return f"TLS failed: {openssl_reason(found)}"
+    if https and isinstance(exc, aiohttp.ClientOSError) and _reset(exc):
+        # An asyncio or Go server drops a handshake it refuses without an alert; a reset
+        # is then all there is to see.
+        return (
+            f"connection reset by {peer} during or right after the TLS handshake "
+            "(does it require a client certificate it trusts?)"
+        )
+    return None
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The OpenSSL error behind ``exc``: itself, its ``os_error`` or its cause."""
+    for candidate in (exc, getattr(exc, "os_error", None), exc.__cause__, exc.__context__):
+        if isinstance(candidate, ssl.SSLError):
+            return candidate
+    return None
+
+
+def _reset(exc: aiohttp.ClientOSError) -> bool:
+    errors = (exc, getattr(exc, "os_error", None), exc.__cause__)
+    return any(
+        isinstance(e, ConnectionResetError) or getattr(e, "errno", None) == errno.ECONNRESET
+        for e in errors
+    )
