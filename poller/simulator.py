@@ -11,8 +11,8 @@ import asyncio
 import collections
 import hmac
 import random
-import ssl
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import Sequence
