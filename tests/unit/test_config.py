@@ -45,6 +45,7 @@ HEADER_VALUE = "hdr-value-K9pLm3"
 DB_PASSWORD = "db-pass-W4nQz8"
 BAD_WEBHOOK_SECRET = "whsec_not!base64-Jd82"
 SHORT_WEBHOOK_SECRET = "whsec_c2hvcnQta2V5"  # 9 bytes
+PROXY_PASSWORD = "proxy-pass-T6wXc2"
 # Everything a test config here ever holds in a secret position.
 SECRETS = (
     WEBHOOK_SECRET,
@@ -56,6 +57,7 @@ SECRETS = (
     DB_PASSWORD,
     BAD_WEBHOOK_SECRET,
     SHORT_WEBHOOK_SECRET,
+    PROXY_PASSWORD,
 )
 
 HMS = f"""
@@ -487,6 +489,116 @@ def test_resolve_config_path_prefers_cli_then_env_then_default() -> None:
 # --- errors ------------------------------------------------------------------------------
 
 ERROR_CASES = [
+    # internal receivers and corporate networks
+    pytest.param(
+        toml(webhooks=WEBHOOK + f'proxy = "https://u:{PROXY_PASSWORD}@proxy.corp:3128"\n'),
+        "webhooks[0].proxy",
+        "only http:// proxies are supported, got https://",
+        id="proxy-https",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'proxy = "socks5://proxy.corp:1080"\n'),
+        "webhooks[0].proxy",
+        "only http:// proxies are supported, got socks5://",
+        id="proxy-socks",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'proxy = "proxy.corp:3128"\n'),
+        "webhooks[0].proxy",
+        "expected http://host:port or http://user:password@host:port",
+        id="proxy-no-scheme",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + f'proxy = "http://u:{PROXY_PASSWORD}@proxy.corp:3128/x"\n'),
+        "webhooks[0].proxy",
+        "without a path, query or fragment",
+        id="proxy-path",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'proxy = "http://proxy.corp:99999"\n'),
+        "webhooks[0].proxy",
+        "with a valid port",
+        id="proxy-port",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'proxy = "http://u:p@:3128"\n'),
+        "webhooks[0].proxy",
+        "got no host",
+        id="proxy-no-host",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + "proxy = 3128\n"),
+        "webhooks[0].proxy",
+        "expected a string, got an integer",
+        id="proxy-integer",
+    ),
+    pytest.param(
+        toml(hms=HMS + 'proxy = "ftp://proxy.corp:21"\n'),
+        "hms.proxy",
+        "only http:// proxies are supported, got ftp://",
+        id="hms-proxy-scheme",
+    ),
+    pytest.param(
+        toml(hms=HMS + 'proxy = ""\n'),
+        "hms.proxy",
+        "must not be empty",
+        id="hms-proxy-empty",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'ca_file = ""\n'),
+        "webhooks[0].ca_file",
+        "must not be empty",
+        id="ca-file-empty",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + "ca_file = true\n"),
+        "webhooks[0].ca_file",
+        "expected a string, got a boolean",
+        id="ca-file-boolean",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'ca_file = "/nonexistent/ca.pem"\n'),
+        "webhooks[0].ca_file",
+        "cannot read /nonexistent/ca.pem: No such file or directory",
+        id="ca-file-missing",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'client_cert = "/nonexistent/client.pem"\n'),
+        "webhooks[0].client_cert",
+        "cannot read /nonexistent/client.pem: No such file or directory",
+        id="client-cert-missing",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'client_key = "/etc/poller/client.key"\n'),
+        "webhooks[0].client_key",
+        "is only used with client_cert; give client_cert too",
+        id="client-key-without-cert",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK.replace("https://", "http://") + 'client_cert = "/etc/c.pem"\n'),
+        "webhooks[0].client_cert",
+        "url is not an https:// URL, so no TLS is used to reach it; "
+        "remove client_cert or use https://",
+        id="client-cert-on-http",
+    ),
+    pytest.param(
+        toml(hms=HMS + 'base_url = "http://hms.corp/v2"\nca_file = "/etc/ca.pem"\n'),
+        "hms.ca_file",
+        "base_url is not an https:// URL, so no TLS is used to reach it",
+        id="hms-ca-file-on-http",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'client_certificate = "/etc/c.pem"\n'),
+        "webhooks[0].client_certificate",
+        "unknown key (did you mean 'client_cert'?)",
+        id="client-cert-typo",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + "tls_verify = false\n"),
+        "webhooks[0].tls_verify",
+        "unknown key",
+        id="no-tls-verify-switch",
+    ),
     # receiver protection
     pytest.param(
         toml(webhooks=WEBHOOK + "rate_limit = 0\n"),
