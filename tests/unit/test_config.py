@@ -31,11 +31,13 @@ from poller.config import (
     parse_duration,
     resolve_config_path,
 )
+from poller.config.model import Proxy, Route, TlsConfig
 from poller.config.values import stored_length
 from poller.errors import ConfigError
 from poller.redaction import secrets_of
 from poller.signing import InvalidSecret, SigningKey
 from poller.store.models import deliveries, events, instances, rooms
+from tests.pki import Pki
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"another-webhook-key-of-32-bytes!").decode()
@@ -121,6 +123,8 @@ access_key = "ak-1"
 app_secret = "{APP_SECRET}"
 event_types = ["beam.recording.success", "session.close.success"]
 request_timeout = 5
+ca_file = "pki/ca.pem"
+proxy = "http://poller:{PROXY_PASSWORD}@proxy.example.com:3128"
 
 [poll]
 interval = "1m"
@@ -164,6 +168,10 @@ rooms = ["room-a"]
 headers = {{ "X-Api-Key" = "{HEADER_VALUE}", "X-Env" = "prod" }}
 max_concurrency = 6
 rate_limit = 2.5
+ca_file = "pki/ca.pem"
+client_cert = "pki/client-cert.pem"
+client_key = "pki/client-key.pem"
+proxy = "http://proxy.example.com:3128"
 
 [[webhooks]]
 name = "audit-log"
@@ -174,6 +182,7 @@ secret_file = "audit.secret"
 
 def load_full(tmp_path: Path) -> Config:
     write(tmp_path, f"{OTHER_WEBHOOK_SECRET}\n", "audit.secret")
+    Pki(tmp_path / "pki")
     return load(tmp_path, FULL)
 
 
@@ -189,6 +198,15 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
             app_secret=Secret(APP_SECRET),
             management_token=None,
             request_timeout=5.0,
+            tls=TlsConfig(ca_file=tmp_path / "pki" / "ca.pem"),
+            route=Route(
+                Proxy(
+                    "http://proxy.example.com:3128",
+                    "proxy",
+                    username="poller",
+                    password=Secret(PROXY_PASSWORD),
+                )
+            ),
         ),
         poll=PollConfig(
             interval=60.0,
@@ -223,6 +241,12 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
                 headers=(("X-Api-Key", HEADER_VALUE), ("X-Env", "prod")),
                 max_concurrency=6,
                 rate_limit=2.5,
+                tls=TlsConfig(
+                    ca_file=tmp_path / "pki" / "ca.pem",
+                    client_cert=tmp_path / "pki" / "client-cert.pem",
+                    client_key=tmp_path / "pki" / "client-key.pem",
+                ),
+                route=Route(Proxy("http://proxy.example.com:3128", "proxy")),
             ),
             WebhookConfig(
                 name="audit-log",
@@ -1554,6 +1578,10 @@ def test_describe(tmp_path: Path) -> None:
     assert "headers: X-Api-Key: ***, X-Env: ***" in text
     assert "audit-log: http://audit.internal:8080\n" in text
     assert "event types: all; rooms: all" in text
+    assert f"api network: tls CAs of {tmp_path / 'pki' / 'ca.pem'} only (1 certificate: " in text
+    assert "proxy http://proxy.example.com:3128 (from proxy key, with credentials)" in text
+    assert f"    tls: CAs of {tmp_path / 'pki' / 'ca.pem'} only (1 certificate: " in text
+    assert "    proxy: http://proxy.example.com:3128 (from proxy key)\n" in text
 
 
 def test_describe_defaults_and_fixed_token(tmp_path: Path) -> None:
@@ -1565,6 +1593,9 @@ def test_describe_defaults_and_fixed_token(tmp_path: Path) -> None:
     assert "no retries (1 attempt)" in text
     assert "server:      disabled" in text
     assert "sqlite+aiosqlite:////var/lib/poller/poller.db" in text
+    assert "api network: tls system CAs; proxy none\n" in text
+    assert "    tls:" not in text
+    assert "    proxy:" not in text
 
 
 def test_describe_shows_a_webhook_url_as_its_origin_only(tmp_path: Path) -> None:
