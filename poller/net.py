@@ -72,7 +72,7 @@ def connection_failure(
         return f"TLS: {peer}'s certificate is not trusted: {detail}"
     found = _ssl_error(exc)
     if found is not None:
-        meaning = _ALERTS.get(found.reason or "")
+        meaning = _ALERTS.get(getattr(found, "reason", None) or "")
         if meaning is not None:
             return f"TLS: {peer} {meaning} [{openssl_reason(found)}]"
         return f"TLS failed: {openssl_reason(found)}"
@@ -88,7 +88,9 @@ def connection_failure(
 
 def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
     """The OpenSSL error behind ``exc``: itself, its ``os_error`` or its cause."""
-    for candidate in (exc, getattr(exc, "os_error", None), exc.__cause__, exc.__context__):
+    # aiohttp's own SSL errors subclass ssl.SSLError without OpenSSL's fields: the error
+    # they wrap comes first.
+    for candidate in (getattr(exc, "os_error", None), exc.__cause__, exc.__context__, exc):
         if isinstance(candidate, ssl.SSLError):
             return candidate
     return None
