@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import errno
 import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 
 from poller.config.model import Route
 from poller.errors import openssl_reason
 
-__all__ = ["connection_failure", "proxy_options", "proxy_refusal"]
+__all__ = ["ProxyOptions", "connection_failure", "proxy_options", "proxy_refusal"]
 
 # TLS alerts the peer sends about our client certificate, and what they mean to an operator.
 _ALERTS = {
@@ -33,11 +35,30 @@ _ALERTS = {
 }
 
 
-def proxy_options(route: Route) -> tuple[str | None, dict[str, str] | None]:
-    """aiohttp's ``proxy`` and ``proxy_headers`` for ``route`` (None, None: direct)."""
-    if route.proxy is None:
-        return None, None
-    return route.proxy.url, route.proxy.headers() or None
+@dataclass(frozen=True, slots=True)
+class ProxyOptions:
+    """What aiohttp is given for one route: ``proxy``, ``proxy_headers``, and the headers to
+    add to the request itself."""
+
+    proxy: str | None = None
+    proxy_headers: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def proxy_options(route: Route, *, https: bool) -> ProxyOptions:
+    """aiohttp's arguments for ``route`` to an ``https`` (tunnelled) or plain-HTTP URL.
+
+    Why the request's own headers: aiohttp sends ``proxy_headers`` with a CONNECT only; a
+    plain-HTTP request goes to the proxy as it is, so the credentials must ride on it. Never
+    on a tunnelled request, which the proxy cannot read and the receiver would.
+    """
+    proxy = route.proxy
+    if proxy is None:
+        return ProxyOptions()
+    credentials = proxy.headers()
+    if https:
+        return ProxyOptions(proxy.url, credentials or None)
+    return ProxyOptions(proxy.url, None, credentials)
 
 
 def proxy_refusal(status: int, route: Route) -> str | None:

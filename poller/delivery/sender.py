@@ -102,11 +102,13 @@ class Sender:
         status: int | None = None
         retry_after: float | None = None
         excerpt = bytearray()
-        proxy, proxy_headers = proxy_options(target.route)
+        https = target.url[:8].lower() == "https://"
+        via = proxy_options(target.route, https=https)
         try:
             data = body.encode() if isinstance(body, str) else body
             headers = {
                 **target.headers,
+                **via.headers,
                 "Content-Type": "application/json",
                 "User-Agent": self._user_agent,
                 # Signed at the last moment: the timestamp is this attempt's.
@@ -119,8 +121,8 @@ class Sender:
                 timeout=self._timeout,
                 allow_redirects=False,
                 ssl=target.ssl_context,
-                proxy=proxy,
-                proxy_headers=proxy_headers,
+                proxy=via.proxy,
+                proxy_headers=via.proxy_headers,
             ) as resp:
                 status = resp.status
                 if status in (429, 503):
@@ -137,7 +139,6 @@ class Sender:
         except TimeoutError:
             error = f"timed out after {self._timeout_s:g}s"
         except aiohttp.ClientError as exc:
-            https = target.url[:8].lower() == "https://"
             error = connection_failure(
                 exc, peer="the receiver", route=target.route, https=https
             ) or _client_error(exc)

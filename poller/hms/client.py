@@ -90,7 +90,7 @@ class HmsClient:
         # [hms] ca_file's context (or True: the system's CAs) and the proxy, both from load.
         self._ssl = ssl_context
         self._route = route
-        self._proxy, self._proxy_headers = proxy_options(route)
+        self._via = proxy_options(route, https=self._https)
         self._tokens = tokens
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._max_attempts = max_attempts
@@ -226,11 +226,11 @@ class HmsClient:
             self._session.get(
                 self._url,
                 params=params,
-                headers={"Authorization": f"Bearer {token}"},
+                headers={**self._via.headers, "Authorization": f"Bearer {token}"},
                 timeout=self._timeout,
                 ssl=self._ssl,
-                proxy=self._proxy,
-                proxy_headers=self._proxy_headers,
+                proxy=self._via.proxy,
+                proxy_headers=self._via.proxy_headers,
             ) as resp,
         ):
             return resp.status, resp.headers, await self._read(resp)

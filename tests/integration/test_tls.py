@@ -191,9 +191,7 @@ async def https_simulator(pki: Pki) -> AsyncIterator[Simulator]:
 
 
 async def walk(client: HmsClient) -> int:
-    return sum(
-        [len(page.ids) async for page in client.pages("room-1", ["beam.recording.success"])]
-    )
+    return sum([len(page.ids) async for page in client.pages("room-1", ["beam.recording.success"])])
 
 
 def api_client(
