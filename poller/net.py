@@ -74,10 +74,19 @@ def _credentials(route: Route) -> str:
 
 
 def connection_failure(
-    exc: aiohttp.ClientError, *, peer: str, route: Route, https: bool
+    exc: aiohttp.ClientError,
+    *,
+    peer: str,
+    route: Route,
+    https: bool,
+    client_cert: bool | None = None,
 ) -> str | None:
     """Words for a TLS or proxy failure of a request to ``peer`` ("the receiver", "the
-    API"), or None when ``exc`` is neither (the caller's own wording then applies)."""
+    API"), or None when ``exc`` is neither (the caller's own wording then applies).
+
+    ``client_cert`` says whether one is configured, for the hint on a dropped connection
+    (None: the peer takes none, no hint).
+    """
     proxy = route.proxy
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         reason = exc.os_error.strerror or type(exc.os_error).__name__
@@ -97,13 +106,18 @@ def connection_failure(
         if meaning is not None:
             return f"TLS: {peer} {meaning} [{openssl_reason(found)}]"
         return f"TLS failed: {openssl_reason(found)}"
-    if https and isinstance(exc, aiohttp.ClientOSError) and _reset(exc):
-        # An asyncio or Go server drops a handshake it refuses without an alert; a reset
-        # is then all there is to see.
-        return (
-            f"connection reset by {peer} during or right after the TLS handshake "
-            "(does it require a client certificate it trusts?)"
+    if https and client_cert is not None:
+        # An asyncio or Go server drops a TLS 1.3 client it refuses without an alert: the
+        # handshake has completed on our side, and the request then meets a reset or EOF.
+        hint = (
+            "does it trust the client certificate?"
+            if client_cert
+            else "does it require a client certificate? none is configured"
         )
+        if isinstance(exc, aiohttp.ClientOSError) and _reset(exc):
+            return f"connection reset by {peer} without an answer ({hint})"
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return f"{peer} closed the connection without an answer ({hint})"
     return None
 
 

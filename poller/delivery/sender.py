@@ -36,6 +36,7 @@ class Target:
     # The SSLContext built at load for its ca_file / client_cert, or True: the system's.
     ssl_context: ssl.SSLContext | bool = field(default=True, repr=False)
     route: Route = DIRECT  # through a proxy, or direct
+    client_cert: bool = False  # whether ssl_context shows a client certificate
 
     def private_values(self) -> Iterator[str]:
         """What an error about this target must not show: its URL, the URL's secret-bearing
@@ -63,6 +64,7 @@ class Target:
             rate_limit=webhook.rate_limit,
             ssl_context=webhook.tls.client_ssl,
             route=webhook.route,
+            client_cert=webhook.tls.client_cert is not None,
         )
 
 
@@ -140,7 +142,11 @@ class Sender:
             error = f"timed out after {self._timeout_s:g}s"
         except aiohttp.ClientError as exc:
             error = connection_failure(
-                exc, peer="the receiver", route=target.route, https=https
+                exc,
+                peer="the receiver",
+                route=target.route,
+                https=https,
+                client_cert=target.client_cert,
             ) or _client_error(exc)
         except Exception as exc:
             error = f"request failed: {redacted(one_line(exc), target.private_values())}"
