@@ -119,6 +119,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         row = results["memory"]
         name = f"peak RSS MB, {row['rooms']} rooms + {row['backlog']} backlog"
         out.append(_target(name, row["peak_rss_mb"], "<=", TARGET_RSS_MB))
+        name = "memory: delivery while polling / alone (drain time alone / while polling)"
+        out.append(_target(name, row.get("share"), ">=", TARGET_RATIO))
     if "startup" in results:
         row = results["startup"]
         rooms = row["rooms"]
@@ -198,7 +200,8 @@ def _print_row(kind: str, row: Row) -> None:
             f"  memory   {row['rooms']} rooms + {row['backlog']} backlog: "
             f"peak RSS {row['peak_rss_mb']} MB, "
             + (
-                f"drained in {row['drain_s']}s"
+                f"drained in {row['drain_s']}s (alone {row['alone_drain_s']}s, "
+                f"ratio {row['share']})"
                 if row["drain_s"] is not None
                 else f"only {row['delivered']} delivered within {row['bound_s']:g}s"
             )

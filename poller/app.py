@@ -63,6 +63,8 @@ class Daemon:
             displaced = asyncio.create_task(self._stop_when_displaced(), name="displaced")
             stack.callback(displaced.cancel)
             worker_task = asyncio.create_task(parts.worker.run(), name="delivery")
+            share = asyncio.create_task(parts.share.run(), name="share")
+            stack.callback(share.cancel)
             parts.scheduler.start()
             watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
             self.notifier.ready(

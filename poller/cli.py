@@ -123,6 +123,8 @@ def cmd_deliveries(args: argparse.Namespace, config: Config) -> int:
 
     _configure_logs(config)
     ids: list[int] = [*args.ids, *args.id]
+    if args.action == "purge":
+        return _purge(args, config, ids)
     if args.action == "retry":
         text = report.retry(config, ids=ids, webhook=args.webhook, all_dead=args.dead)
     elif args.action == "show":
@@ -145,6 +147,18 @@ def cmd_deliveries(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace, config: Config, ids: list[int]) -> int:
+    from poller import webhooks
+
+    if ids or args.webhook is None:
+        raise UserError("deliveries purge takes --webhook W and no ids")
+    print(asyncio.run(webhooks.purge_preview(config, args.webhook)))
+    if not _confirmed("purge", args.yes):
+        return 1
+    _show(config, asyncio.run(webhooks.purge(config, args.webhook)))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     """Deliver stored events to a webhook again, after showing how many and confirming."""
     from poller import report
@@ -163,14 +177,22 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     print(report.replay_preview(webhook.name, count))
     if not count:
         return 0
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UserError("replay asks for confirmation: pass --yes when stdin is not a terminal")
-        if input("replay them? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing replayed")
-            return 1
+    if not _confirmed("replay", args.yes):
+        return 1
     _show(config, asyncio.run(report.replay(config, webhook.name, which)))
     return 0
+
+
+def _confirmed(verb: str, yes: bool) -> bool:
+    """``--yes``, or the operator's answer on a terminal (anything else refuses)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UserError(f"{verb} asks for confirmation: pass --yes when stdin is not a terminal")
+    if input(f"{verb} them? [y/N] ").strip().lower() in ("y", "yes"):
+        return True
+    print(f"nothing {verb}d" if verb.endswith("e") else f"nothing {verb}ed")
+    return False
 
 
 def cmd_send_test(args: argparse.Namespace, config: Config) -> int:
@@ -289,13 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON (keys in the README)")
     hc = add("healthcheck", cmd_healthcheck, "exit 0 when the running daemon's /healthz is OK")
     hc.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-    dl = add("deliveries", cmd_deliveries, "list deliveries, show one, or retry dead ones")
+    dl = add(
+        "deliveries",
+        cmd_deliveries,
+        "list deliveries, show one, retry dead ones, or purge an orphaned webhook's",
+    )
     dl.add_argument(
         "action",
-        choices=["list", "show", "retry"],
+        choices=["list", "show", "retry", "purge"],
         nargs="?",
         default="list",
-        help="list (default), show ID, or retry ID... | --dead",
+        help="list (default), show ID, retry ID... | --dead, or purge --webhook W",
     )
     dl.add_argument("ids", type=int, nargs="*", metavar="ID", help="delivery ids")
     # The older spelling of ``retry ID...``, kept so that scripts keep working.
@@ -309,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--limit", type=_positive, default=50, help="rows to list (default 50)")
     dl.add_argument("--dead", action="store_true", help="retry: every dead delivery")
     dl.add_argument("--json", action="store_true", help="print JSON")
+    dl.add_argument("--yes", action="store_true", help="purge: do not ask for confirmation")
 
     rp = add("replay", cmd_replay, "deliver stored events to a webhook again")
     rp.add_argument("--webhook", required=True, help="the webhook to deliver to")

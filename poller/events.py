@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Every event type the 100ms analytics events API serves (its documentation, 2026). A type
+# it adds later is accepted once named in hms.extra_event_types.
+KNOWN_EVENT_TYPES: tuple[str, ...] = (
+    "beam.recording.success",
+    "track.add.success",
+    "track.update.success",
+    "track.remove.success",
+    "client.publish.failed",
+    "client.subscribe.failed",
+    "client.join.failed",
+    "client.disconnected",
+    "client.connect.failed",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

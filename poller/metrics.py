@@ -12,12 +12,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from poller.budget import RequestBudget
 from poller.delivery.sender import Attempt, Target
 from poller.hms.token import TokenProvider
 from poller.poll import FAILING_AFTER, PollResult
+from poller.share import PollShare
 from poller.states import AttemptOutcome, DeliveryState, PollOutcome, WebhookState
 from poller.store.faults import Faults
 from poller.store.repo import Claim, Store
@@ -36,6 +38,50 @@ class _TokenRenewals(Collector):
             "poller_token_renewals",
             "Management tokens minted (the first one included).",
             value=self._tokens.renewals,
+        )
+
+
+class _PollShare(Collector):
+    def __init__(self, share: PollShare) -> None:
+        self._share = share
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "poller_polls_held",
+            "Due polls held back now so that backlogged deliveries get the event loop.",
+            value=self._share.waiting,
+        )
+        yield CounterMetricFamily(
+            "poller_polls_held_seconds",
+            "Time polls spent held back for backlogged deliveries, summed.",
+            value=self._share.held_seconds,
+        )
+        yield GaugeMetricFamily(
+            "poller_loop_lag_seconds",
+            "How late the event loop runs a timer, smoothed (above 0.02: saturated).",
+            value=self._share.lag,
+        )
+
+
+class _Budget(Collector):
+    def __init__(self, budget: RequestBudget) -> None:
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "poller_api_budget_requests_per_second",
+            "hms.max_requests_per_second: the budget every API request shares.",
+            value=self._budget.rate,
+        )
+        yield GaugeMetricFamily(
+            "poller_api_budget_waiting_polls",
+            "Due polls waiting for a turn of the API request budget now.",
+            value=self._budget.waiting,
+        )
+        yield CounterMetricFamily(
+            "poller_api_budget_wait_seconds",
+            "Time polls and requests waited for a turn of the API request budget, summed.",
+            value=self._budget.waited_seconds,
         )
 
 
@@ -107,7 +153,7 @@ class Metrics:
         )
         self.oldest_pending = Gauge(
             "poller_oldest_pending_delivery_age_seconds",
-            "Age of the oldest delivery still owed (0 when none).",
+            "Age of the oldest delivery still owed to a configured webhook (0 when none).",
             registry=r,
         )
         self.webhook_state = Gauge(
@@ -154,6 +200,14 @@ class Metrics:
             registry=self.registry,
         ).set_function(seconds)
 
+    def watch_budget(self, budget: RequestBudget) -> None:
+        """Export the API request budget and the waits for it (see poller.budget)."""
+        self.registry.register(_Budget(budget))
+
+    def watch_share(self, share: PollShare) -> None:
+        """Export how polls give way to deliveries (see poller.share)."""
+        self.registry.register(_PollShare(share))
+
     def watch_tokens(self, tokens: TokenProvider) -> None:
         """Export the token provider's renewal count."""
         self.registry.register(_TokenRenewals(tokens))
@@ -199,7 +253,7 @@ class Metrics:
             for state in DeliveryState:
                 self.outbox.labels(webhook=name, state=state).set(counts.get((name, state), 0))
         self.failing_rooms.set(await store.failing_rooms(after=FAILING_AFTER))
-        oldest = await store.oldest_pending()
+        oldest = await store.oldest_pending(webhooks)
         self.oldest_pending.set(0 if oldest is None else (utcnow() - oldest).total_seconds())
 
     def render(self) -> bytes:

@@ -18,6 +18,7 @@ import aiohttp
 import structlog
 
 from poller import __version__
+from poller.budget import RequestBudget
 from poller.config import Config
 from poller.coordination import Coordination
 from poller.delivery.guard import ReceiverGuard
@@ -34,6 +35,7 @@ from poller.poll import PollResult, RoomPoller
 from poller.redaction import redactor_of
 from poller.schedule import Lateness, Scheduler
 from poller.server import HealthServer
+from poller.share import PollShare
 from poller.store.connect import open_store
 from poller.store.repo import Store
 from poller.timeutil import utcnow
@@ -100,6 +102,7 @@ class Parts:
     poller: RoomPoller
     worker: DeliveryWorker
     scheduler: Scheduler
+    share: PollShare
     coordination: Coordination
     health: Health
     server: HealthServer | None
@@ -112,6 +115,13 @@ async def prune(store: Store, poller: RoomPoller) -> None:
     if removed:
         poller.forget_known()
         structlog.get_logger("poller").info("pruned", events=removed)
+
+
+@asynccontextmanager
+async def _admitted(share: PollShare, budget: RequestBudget) -> AsyncIterator[None]:
+    """A poll begins once deliveries leave it room (share) and the API budget a turn."""
+    async with share.slot(), budget.turn():
+        yield
 
 
 def build(config: Config, store: Store) -> Parts:
@@ -134,12 +144,15 @@ def build(config: Config, store: Store) -> Parts:
     hook_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=sum(w.max_concurrency for w in config.webhooks) + 4),
     )
+    budget = RequestBudget(config.hms.max_requests_per_second)
+    metrics.watch_budget(budget)
     client = HmsClient(
         api_session,
         config.hms.base_url,
         tokens,
         request_timeout=config.hms.request_timeout,
         limiter=Limiter(config.poll.max_concurrency),
+        budget=budget,
         limits=WalkLimits(
             max_pages=config.poll.max_pages,
             max_page_bytes=config.poll.max_page_bytes,
@@ -197,6 +210,10 @@ def build(config: Config, store: Store) -> Parts:
         on_new_deliveries=worker.wake,
         on_poll=polled,
     )
+    # Polls give way while deliveries are backlogged and the loop saturated (see
+    # poller.share); at poll.max_concurrency walking at once the gate is open.
+    share = PollShare(worker.backlogged, ceiling=config.poll.max_concurrency)
+    metrics.watch_share(share)
     # One warning per interval at most (10 s at least) when polls fall behind.
     lateness = Lateness(max(timings.interval, 10.0))
     metrics.watch_lateness(lambda: lateness.seconds)
@@ -211,6 +228,7 @@ def build(config: Config, store: Store) -> Parts:
             jitter=min(interval * 0.1, 5.0),
             timeout=timings.job_timeout,
             lateness=lateness,
+            gate=functools.partial(_admitted, share, budget),
         )
     scheduler.every(
         "heartbeat",
@@ -256,6 +274,7 @@ def build(config: Config, store: Store) -> Parts:
         poller=poller,
         worker=worker,
         scheduler=scheduler,
+        share=share,
         coordination=coordination,
         health=health,
         server=server,

@@ -48,7 +48,7 @@ async def status(config: Config, *, as_json: bool = False) -> str:
         rooms = {row["id"]: row for row in await store.room_states()}
         instances = await store.instance_states()
         counts = await store.outbox_counts()
-        oldest = await store.oldest_pending()
+        oldest = await store.oldest_pending([w.name for w in config.webhooks])
         states = await store.webhook_states()
     names = sorted({w.name for w in config.webhooks} | {w for w, _ in counts})
     configured = {w.name: w for w in config.webhooks}
@@ -320,6 +320,8 @@ def webhook_json(
     return {
         "name": name,
         "configured": webhook is not None,
+        # In the store but no longer in the config: not delivered to, never dropped.
+        "orphaned": webhook is None,
         "url": url_origin(webhook.url) if webhook else None,
         "state": row.state.value,
         "reason": row.mode_reason if row.mode is not WebhookMode.ACTIVE else None,
@@ -337,6 +339,11 @@ def webhook_json(
 
 def describe_state(entry: Mapping[str, Any], now: dt.datetime) -> str:
     """A webhook entry (``webhook_json``) as one line of text: state and why."""
+    if entry["orphaned"]:
+        return (
+            "orphaned: not in the config; its deliveries are kept for when it returns, "
+            f"or `poller deliveries purge --webhook {entry['name']}`"
+        )
     state = WebhookState(entry["state"])
     parts = [state.value.replace("_", " ")]
     if state is WebhookState.BREAKER_OPEN:

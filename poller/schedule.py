@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -16,6 +17,7 @@ from poller.aio import finish_or_cancel
 from poller.timeutil import utcnow
 
 Job = Callable[[], Awaitable[object]]
+Gate = Callable[[], AbstractAsyncContextManager[None]]
 
 
 class Lateness:
@@ -69,6 +71,7 @@ class Scheduler:
             job_defaults={"coalesce": True, "max_instances": 1},
         )
         self._running: set[asyncio.Task[object]] = set()
+        self._queued: set[asyncio.Task[object]] = set()  # waiting at their gate
         self._log = logger or structlog.get_logger("poller.schedule")
 
     def every(
@@ -81,24 +84,24 @@ class Scheduler:
         jitter: float = 0.0,
         timeout: float,
         lateness: Lateness | None = None,
+        gate: Gate | None = None,
     ) -> None:
         """Run ``job`` every ``interval`` seconds, first after ``first_in``, each run bounded.
 
         With ``lateness``, each run reports how much later than ``interval`` (and its
         jitter) after the previous run it started: skipped or delayed runs show there.
+        With ``gate``, each run first waits to enter it; that wait counts as lateness,
+        not against ``timeout`` (the job has not begun), and ``stop`` cancels it at once.
         """
         previous: float | None = None
 
-        async def run() -> None:
+        async def bounded() -> None:
             nonlocal previous
-            task = asyncio.current_task()
-            assert task is not None
             if lateness is not None:
                 now = time.monotonic()
                 if previous is not None:
                     lateness.observe(max(0.0, now - previous - interval - jitter), now)
                 previous = now
-            self._running.add(task)
             try:
                 # A hung request must not block its room forever: APScheduler
                 # would skip every later run while this one is "running".
@@ -108,7 +111,31 @@ class Scheduler:
                 self._log.warning("job_timeout", job=job_id, timeout_s=timeout)
             except Exception:
                 self._log.exception("job_failed", job=job_id)
+
+        async def run() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            if gate is None:
+                self._running.add(task)
+                try:
+                    await bounded()
+                finally:
+                    self._running.discard(task)
+                return
+            self._queued.add(task)
+            admitted = False
+            try:
+                async with gate():
+                    admitted = True
+                    self._queued.discard(task)
+                    self._running.add(task)
+                    await bounded()
+            except asyncio.CancelledError:
+                if admitted:
+                    raise
+                # stop() dropped a run that never began: a normal end, not a failure.
             finally:
+                self._queued.discard(task)
                 self._running.discard(task)
 
         # The first run is also the trigger's start, so later runs keep whole
@@ -138,6 +165,11 @@ class Scheduler:
         """Fire no more jobs; give running ones ``grace`` seconds, then cancel them."""
         if self._scheduler.running:
             self._scheduler.pause()
+        # Runs still waiting at their gate have not begun: nothing to finish.
+        queued = list(self._queued)
+        for task in queued:
+            task.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
         interrupted = await finish_or_cancel(list(self._running), grace)
         if interrupted:
             self._log.warning("jobs_interrupted", count=interrupted)

@@ -156,6 +156,7 @@ class Simulator:
             "query": list(request.query.items()),
             "authorized": self._authorized(request),
             "status": 0,  # stays 0 for a request that hangs until the server stops
+            "at": time.monotonic(),
         }
         self.requests.append(record)
         self.in_flight += 1

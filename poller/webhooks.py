@@ -1,4 +1,5 @@
-"""``poller webhooks``: each webhook's delivery state, and pausing, resuming, enabling it.
+"""``poller webhooks``: each webhook's delivery state, and pausing, resuming, enabling it;
+``poller deliveries purge``: dropping an orphaned webhook's deliveries.
 
 The commands only touch the store: a running daemon (every instance on the store) sees a
 change within a second (``poller.delivery.guard.REFRESH``) and logs it.
@@ -10,11 +11,11 @@ from poller.config import Config
 from poller.errors import UserError
 from poller.parts import open_configured_store
 from poller.report import configured_webhook, describe_state, dumps, webhook_json
-from poller.states import WebhookMode
+from poller.states import DeliveryState, WebhookMode
 from poller.store.repo import WebhookRow
 from poller.timeutil import utcnow
 
-__all__ = ["list_webhooks", "set_mode"]
+__all__ = ["list_webhooks", "purge", "purge_preview", "set_mode"]
 
 
 async def list_webhooks(config: Config, *, as_json: bool = False) -> str:
@@ -75,3 +76,31 @@ def _refusal(action: str, name: str, row: WebhookRow) -> str:
     if row.mode is WebhookMode.PAUSED:
         return f"{name} is paused, not disabled: `poller webhooks resume {name}`"
     return f"{name} is {row.mode.value}: nothing to {action}"
+
+
+async def purge_preview(config: Config, name: str) -> str:
+    """A line saying how many deliveries ``purge`` would drop; refuses a webhook
+    that is in the config (its deliveries are owed) or that the store does not know."""
+    if name in {w.name for w in config.webhooks}:
+        raise UserError(
+            f"{name} is in the config: its deliveries are owed and are not purged. "
+            f"Remove it from the config first, or `poller webhooks pause {name}`"
+        )
+    async with open_configured_store(config, apply_migrations=False) as store:
+        counts = await store.outbox_counts()
+    stored = sorted({w for w, _ in counts} - {w.name for w in config.webhooks})
+    if name not in {w for w, _ in counts}:
+        known = ", ".join(stored) if stored else "none"
+        raise UserError(f"no deliveries of webhook {name!r} in the store (orphaned: {known})")
+    by_state = {state: counts.get((name, state), 0) for state in DeliveryState}
+    total = sum(by_state.values())
+    detail = ", ".join(f"{n} {state}" for state, n in by_state.items())
+    return f"webhook {name} (not in the config) has {total} deliveries: {detail}"
+
+
+async def purge(config: Config, name: str) -> str:
+    """Drop every delivery of the orphaned webhook ``name`` (``poller deliveries purge``)."""
+    await purge_preview(config, name)  # the same refusals, checked again
+    async with open_configured_store(config, apply_migrations=False) as store:
+        dropped = await store.purge_webhook(name)
+    return f"purged {dropped} deliveries of {name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import tomllib
@@ -28,6 +29,7 @@ from poller.config.schema import ConfigFile, HmsTable, WebhookTable
 from poller.config.secrets import read_secret
 from poller.config.tls import TlsFiles, TlsLoader
 from poller.config.values import HEADER_NAME
+from poller.events import KNOWN_EVENT_TYPES
 from poller.signing import InvalidSecret, SigningKey
 
 __all__ = ["CONFIG_PATH_ENV", "DEFAULT_CONFIG_PATH", "load_config", "resolve_config_path"]
@@ -134,7 +136,13 @@ def _strings(src: Source, loc: Loc, values: Sequence[str] | None) -> frozenset[s
 
 def _hms(src: Source, hms: HmsTable, tls: TlsLoader) -> HmsConfig:
     loc = ("hms",)
+    extra = _strings(src, (*loc, "extra_event_types"), hms.extra_event_types) or frozenset()
+    for index, value in enumerate(hms.extra_event_types or ()):
+        if value in KNOWN_EVENT_TYPES:
+            problem = f"{value!r} is a type poller knows: list it in hms.event_types alone"
+            raise src.error((*loc, "extra_event_types", index), problem)
     _strings(src, (*loc, "event_types"), hms.event_types)
+    _known_types(src, (*loc, "event_types"), hms.event_types, extra)
     secret = read_secret(
         src, loc, "app_secret", hms.app_secret, hms.app_secret_file, "POLLER_HMS_APP_SECRET"
     )
@@ -170,6 +178,8 @@ def _hms(src: Source, hms: HmsTable, tls: TlsLoader) -> HmsConfig:
     return HmsConfig(
         base_url=hms.base_url.rstrip("/"),
         event_types=tuple(hms.event_types),
+        extra_event_types=tuple(hms.extra_event_types or ()),
+        max_requests_per_second=hms.max_requests_per_second,
         access_key=hms.access_key,
         app_secret=secret.secret if secret else None,
         management_token=token.secret if token else None,
@@ -214,6 +224,7 @@ def _webhooks(
         if secret is None:
             problem = f"is required (inline, as secret_file or through ${env_var})"
             raise src.error((*loc, "secret"), problem)
+        _known_types(src, (*loc, "event_types"), t.event_types or (), hms.extra_event_types)
         event_types = _filter(
             src, (*loc, "event_types"), t.event_types, hms.event_types, "hms.event_types"
         )
@@ -253,6 +264,21 @@ def _previous_secrets(src: Source, loc: Loc, values: Sequence[str]) -> tuple[Sec
         except InvalidSecret as e:  # the message never carries the secret
             raise src.error((*loc, index), str(e)) from None
     return tuple(Secret(value) for value in values)
+
+
+def _known_types(src: Source, loc: Loc, values: Sequence[str], extra: Iterable[str]) -> None:
+    """Each of ``values`` is a type the API serves (or the operator says it does)."""
+    known = [*KNOWN_EVENT_TYPES, *extra]
+    for index, value in enumerate(values):
+        if value in known:
+            continue
+        close = difflib.get_close_matches(value, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(known)}"
+        problem = (
+            f"{value!r} is not an event type of the analytics events API{hint}; "
+            "a type newer than poller goes in hms.extra_event_types too"
+        )
+        raise src.error((*loc, index), problem)
 
 
 def _filter(

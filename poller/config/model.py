@@ -134,6 +134,8 @@ class HmsConfig:
     request_timeout: float  # seconds, per API request
     tls: TlsConfig = SYSTEM_TLS
     route: Route = DIRECT
+    extra_event_types: tuple[str, ...] = ()  # accepted beyond poller.events.KNOWN_EVENT_TYPES
+    max_requests_per_second: float = 50.0  # every API request, from this instance
 
 
 @dataclass(frozen=True, slots=True)

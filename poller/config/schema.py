@@ -234,6 +234,7 @@ BreakerAfter = Annotated[float, *_duration(allow_zero=False, maximum=30 * _DAY)]
 ProbeInterval = Annotated[float, *_duration(allow_zero=False, maximum=_DAY)]
 # Requests per second: fractions allowed (0.5 is one request every 2 s).
 RateLimit = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)]
+RequestRate = Annotated[float, Field(gt=0, le=10_000, allow_inf_nan=False)]
 # Unique strings; duplicates are found by the loader, which names both places.
 _UNIQUE = Field(min_length=1, json_schema_extra={"uniqueItems": True})
 EventTypes = Annotated[list[EventType], _UNIQUE]
@@ -276,7 +277,11 @@ class HmsTable(_Table):
     management_token_file: Text | None = None
     """A file holding the management token (or $POLLER_HMS_MANAGEMENT_TOKEN)."""
     event_types: EventTypes = Field(["beam.recording.success"])
-    """The event types to ask the API for."""
+    """The event types to ask the API for: any of the types the analytics events API serves
+    (see the README), or of extra_event_types."""
+    extra_event_types: EventTypes | None = None
+    """Event types poller does not know yet (the API added them later): accepted in
+    event_types and in webhook filters."""
     request_timeout: RequestTimeout = Field("10s", validate_default=True)
     """Per API request: seconds, or a string like "10s"."""
     ca_file: Text | None = None
@@ -285,6 +290,9 @@ class HmsTable(_Table):
     proxy: ProxyUrl | None = Field(None, repr=False)
     """An http:// proxy for the API, "http://[user:password@]host:port" (default:
     $HTTPS_PROXY / $HTTP_PROXY unless $NO_PROXY matches)."""
+    max_requests_per_second: RequestRate = 50
+    """One budget for every API request; when the schedule asks for more, polls wait for
+    their turn (the most overdue first), never dropped."""
 
 
 class PollTable(_Table):

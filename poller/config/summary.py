@@ -121,6 +121,7 @@ def describe(config: Config, now: dt.datetime | None = None) -> str:
         f"backfill {'on' if poll.backfill else 'off'}, "
         f"up to {poll.max_concurrency} concurrent requests, "
         f"room leases {format_duration(poll.lease_ttl)}",
+        f"API budget:  {_budget(config)}",
         f"store:       {config.store.masked_url()}",
         f"delivery:    timeout {format_duration(delivery.timeout)}, {retries}; "
         f"breaker after {format_duration(delivery.breaker_after)} of failures, "
@@ -135,3 +136,24 @@ def describe(config: Config, now: dt.datetime | None = None) -> str:
     for webhook in config.webhooks:
         lines.extend(_describe_webhook(webhook, now))
     return "\n".join(lines)
+
+
+def _budget(config: Config) -> str:
+    """The request arithmetic: what the schedule asks of the API against the budget."""
+    budget, rooms, interval = (
+        config.hms.max_requests_per_second,
+        len(config.rooms),
+        config.poll.interval,
+    )
+    asked = rooms / interval
+    text = (
+        f"{budget:g} requests/s; {rooms} rooms every {format_duration(interval)} ask "
+        f"{asked:.3g}/s at one page a poll ({asked / budget:.0%} of it; a room with more "
+        "events than a page asks a request per page)"
+    )
+    if asked > budget:
+        text += (
+            f"; over the budget: polls wait their turn, each room about every "
+            f"{format_duration(rooms / budget)}"
+        )
+    return text

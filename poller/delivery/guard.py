@@ -27,18 +27,18 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from poller.delivery.sender import Attempt, Target
+from poller.limit import Pacer
 from poller.states import WebhookMode, WebhookState
 from poller.store.webhooks import WebhookRow
 from poller.timeutil import utcnow
 
-__all__ = ["Admission", "GuardObserver", "GuardStore", "Pacer", "ReceiverGuard"]
+__all__ = ["Admission", "GuardObserver", "GuardStore", "ReceiverGuard"]
 
 # How stale this instance's view of the stored states may be: a pause takes effect
 # (and a breaker another instance opened is seen) within this.
 REFRESH = 1.0
 # A rate-limited webhook claims only the deliveries that can start within this many
-# seconds: a claim must not wait out its TTL for its turn.
-PACE_HORIZON = 1.0
+# seconds (Pacer.available): a claim must not wait out its TTL for its turn.
 # 410 Gone: the receiver says the endpoint no longer exists (RFC 9110 15.5.11).
 GONE = 410
 
@@ -81,34 +81,6 @@ class GuardObserver(Protocol):
     def observe_pacing(self, webhook: str, seconds: float) -> None: ...
 
     def observe_probe(self, webhook: str, ok: bool) -> None: ...
-
-
-class Pacer:
-    """Attempts to one webhook start at least ``1 / rate`` seconds apart, so no window of
-    one second ever holds more than ``rate`` of them (a token bucket allows bursts)."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._gap = 1.0 / rate
-        self._clock = clock
-        self._next = -math.inf  # when the next attempt may start
-
-    def available(self) -> int:
-        """How many attempts could start within ``PACE_HORIZON`` from now."""
-        ahead = max(0.0, self._next - self._clock())  # until the first free turn
-        if ahead >= PACE_HORIZON:
-            return 0
-        return math.ceil((PACE_HORIZON - ahead) / self._gap)
-
-    def reserve(self) -> float:
-        """Take the next start time; return the seconds to wait for it."""
-        now = self._clock()
-        start = max(self._next, now)
-        self._next = start + self._gap
-        return start - now
-
-    def ready_in(self) -> float:
-        """Seconds until an attempt could start (0: now)."""
-        return max(0.0, self._next - self._clock())
 
 
 @dataclass(frozen=True, slots=True)

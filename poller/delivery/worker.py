@@ -25,6 +25,9 @@ from poller.timeutil import utcnow
 # How often an idle worker looks for work it was not woken for: retries
 # falling due, claims of a dead instance expiring, rows another instance wrote.
 IDLE_WAIT = 1.0
+# Deliveries count as backlogged this long after a claim came back full (more was due
+# than there were free slots): the signal for polls to give way (poller.share).
+BACKLOG_MEMORY = 0.5
 # The config's defaults ([delivery] breaker_after, probe_interval), for a worker built
 # without a guard of its own (tests).
 DEFAULT_BREAKER_AFTER = 600.0
@@ -89,6 +92,7 @@ class DeliveryWorker:
         self._run_task: asyncio.Task[Any] | None = None
         self._cut_short = False
         self._paced: list[str] = []  # held back in the last turn (see _dispatch)
+        self._full_claim_at: float | None = None
         self.last_loop_at = time.monotonic()
 
     def wake(self) -> None:
@@ -101,6 +105,11 @@ class DeliveryWorker:
         if task is None or task.done():
             return None
         return time.monotonic() - self.last_loop_at
+
+    def backlogged(self) -> bool:
+        """Whether more deliveries were due than free slots, in a claim just now."""
+        at = self._full_claim_at
+        return at is not None and time.monotonic() - at < BACKLOG_MEMORY
 
     @property
     def in_flight(self) -> int:
@@ -174,6 +183,8 @@ class DeliveryWorker:
             claimed += len(claims)
             if len(claims) < admission.count:
                 idle.append(target.name)
+            else:
+                self._full_claim_at = time.monotonic()
         return claimed, idle
 
     async def _idle_timeout(self, idle: list[str]) -> float:

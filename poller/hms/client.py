@@ -17,6 +17,7 @@ import structlog
 import structlog.typing
 
 from poller import backoff
+from poller.budget import RequestBudget
 from poller.config.model import DIRECT, Route
 from poller.hms.page import MalformedPage, Page, parse_page
 from poller.hms.token import TokenProvider
@@ -76,6 +77,7 @@ class HmsClient:
         retry_after_max: float = 300.0,
         limits: WalkLimits | None = None,
         limiter: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        budget: RequestBudget | None = None,
         logger: structlog.typing.FilteringBoundLogger | None = None,
         on_response: Callable[[str, float], None] | None = None,
         redact: Callable[[str], str] | None = None,
@@ -105,6 +107,7 @@ class HmsClient:
         self._limiter: contextlib.AbstractAsyncContextManager[Any] = (
             limiter if limiter is not None else contextlib.nullcontext()
         )
+        self._budget = budget
         self._log: structlog.typing.FilteringBoundLogger = (
             logger if logger is not None else structlog.get_logger("poller.hms")
         )
@@ -221,6 +224,8 @@ class HmsClient:
         self, params: list[tuple[str, str]], token: str
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One HTTP GET, holding the limiter only while it is on the wire."""
+        if self._budget is not None:
+            await self._budget.request()  # every try, a retry's too, takes a turn
         async with (
             self._limiter,
             self._session.get(

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Interval,
     and_,
     bindparam,
+    delete,
     exists,
     func,
     literal,
@@ -33,6 +34,7 @@ from poller.store.base import (
     translated,
 )
 from poller.store.models import attempts, deliveries, events
+from poller.store.models import webhooks as webhooks_table
 
 __all__ = [
     "AttemptRecord",
@@ -366,13 +368,46 @@ class Outbox(StoreBase):
             return {(w, s): int(n) for w, s, n in rows}
 
     @translated
-    async def oldest_pending(self) -> dt.datetime | None:
-        """Creation time of the oldest delivery still owed."""
+    async def oldest_pending(self, webhooks: Sequence[str] | None = None) -> dt.datetime | None:
+        """Creation time of the oldest delivery still owed (to one of ``webhooks``: an
+        orphaned webhook's deliveries wait for it to return, they are not late)."""
+        query = select(func.min(deliveries.c.created_at)).where(deliveries.c.state == PENDING)
+        if webhooks is not None:
+            query = query.where(deliveries.c.webhook.in_(webhooks))
         async with self._engine.connect() as conn:
-            value = await conn.scalar(
-                select(func.min(deliveries.c.created_at)).where(deliveries.c.state == PENDING)
-            )
+            value = await conn.scalar(query)
         return aware(value)
+
+    @translated
+    async def purge_webhook(self, webhook: str, *, batch: int = 1000) -> int:
+        """Drop every delivery of ``webhook``, its attempts and its state; how many.
+
+        Deliberate only (``poller deliveries purge``). In batches, so that a large backlog
+        never holds the store's write lock long while a daemon runs on it.
+        """
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                ids = (
+                    (
+                        await conn.execute(
+                            select(deliveries.c.id)
+                            .where(deliveries.c.webhook == webhook)
+                            .limit(batch)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+                if not ids:
+                    await conn.execute(
+                        delete(webhooks_table).where(webhooks_table.c.name == webhook)
+                    )
+                    return total
+                # Explicit, where foreign keys are not enforced.
+                await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(ids)))
+                await conn.execute(delete(deliveries).where(deliveries.c.id.in_(ids)))
+            total += len(ids)
 
     @translated
     async def list_deliveries(

@@ -32,7 +32,7 @@ Daemons = Callable[..., DaemonProcess]
 Event = dict[str, Any]
 
 BEAM = "beam.recording.success"
-SESSION = "session.close.success"
+SESSION = "track.add.success"
 
 
 # --- helpers ------------------------------------------------------------------------

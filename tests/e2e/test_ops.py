@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from standardwebhooks import Webhook
 
@@ -25,6 +26,7 @@ from poller.simulator import Simulator
 from tests.conftest import ConfigWriter, DaemonProcess, daemon_config
 from tests.e2e.test_cli import assert_one_line_error
 from tests.e2e.test_daemon import Daemons, Event, poller_cli, wait_delivered, wait_log
+from tests.e2e.test_store_faults import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +158,7 @@ async def test_deliveries_show_prints_the_attempt_log(filled: Filled) -> None:
     assert "receiver is down for maintenance" in out
 
 
-COUNTS = ("name", "configured", "pending", "delivered", "dead")
+COUNTS = ("name", "configured", "orphaned", "pending", "delivered", "dead")
 WEBHOOK_KEYS = {
     *COUNTS,
     "url",
@@ -358,8 +360,22 @@ async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
         assert room["last_error"] is None
         assert room["first_polled_at"] is not None
     assert [{k: w[k] for k in COUNTS} for w in status["webhooks"]] == [
-        {"name": "all", "configured": True, "pending": 0, "delivered": 3, "dead": 0},
-        {"name": "filtered", "configured": True, "pending": 0, "delivered": 0, "dead": 3},
+        {
+            "name": "all",
+            "configured": True,
+            "orphaned": False,
+            "pending": 0,
+            "delivered": 3,
+            "dead": 0,
+        },
+        {
+            "name": "filtered",
+            "configured": True,
+            "orphaned": False,
+            "pending": 0,
+            "delivered": 0,
+            "dead": 3,
+        },
     ]
     for webhook in status["webhooks"]:
         assert set(webhook) == WEBHOOK_KEYS
@@ -481,3 +497,111 @@ async def test_replay_on_a_terminal_asks_first(filled: Filled) -> None:
     third = filled.events[2]["id"]
     assert await filled.receiver.wait_for(lambda: filled.arrivals("all", third) == 2, 15)
     assert filled.arrivals("all", filled.events[0]["id"]) == 1
+
+
+# --- a webhook removed from the config: orphaned, kept, purged deliberately -------------------
+
+
+async def test_a_removed_webhook_is_orphaned_kept_resumed_and_purged_on_purpose(
+    simulator: Simulator,
+    receiver: Receiver,
+    store_url: str,
+    write_config: ConfigWriter,
+    daemons: Daemons,
+) -> None:
+    both = daemon_config(
+        simulator,
+        receiver,
+        store_url,
+        rooms=["room-a"],
+        webhooks=[{"name": "all"}, {"name": "filtered"}],
+        # A failed attempt stays pending a while; nothing retries it while it is orphaned.
+        delivery={"retry_schedule": ["3s"] * 5},
+        server={"listen": f"127.0.0.1:{(port := free_port())}"},
+    )
+    config = write_config(**both)
+    receiver.fail("filtered", times=None, status=503)
+    events = [simulator.add_event("room-a") for _ in range(2)]
+    daemon = await daemons(config).start()
+    await wait_delivered(receiver, {("all", e["id"]) for e in events}, daemon)
+
+    def both_failed(log: dict[str, Any]) -> bool:
+        return (
+            log.get("event") == "delivery_attempt"
+            and log.get("webhook") == "filtered"
+            and log.get("event_id") == events[-1]["id"]
+        )
+
+    await wait_log(daemon, both_failed, "'filtered' to fail", 15)
+    assert await daemon.stop() == 0
+
+    # "filtered" leaves the config: its two pending deliveries are orphaned, not lost.
+    only_all = {**both, "webhooks": [w for w in both["webhooks"] if w["name"] == "all"]}
+    config = write_config(**only_all)
+    daemon = await daemons(config).start()
+    status = json.loads(await cli_ok("status", "--json", "-c", str(config)))
+    (orphan,) = [w for w in status["webhooks"] if w["name"] == "filtered"]
+    assert (orphan["configured"], orphan["orphaned"], orphan["pending"]) == (False, True, 2)
+    assert status["oldest_pending_at"] is None  # nothing owed to a configured webhook
+    text = await cli_ok("status", "-c", str(config))
+    assert "filtered: 2 / 0 / 0, orphaned: not in the config" in text
+    assert "poller deliveries purge --webhook filtered" in text
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        metrics = await resp.text()
+    assert "poller_oldest_pending_delivery_age_seconds 0.0" in metrics
+    assert 'poller_outbox_deliveries{state="pending",webhook="filtered"} 2.0' in metrics
+
+    code, out, err = await poller_cli("deliveries", "purge", "--webhook", "all", "-c", str(config))
+    assert code == 2
+    assert_one_line_error(err, "all is in the config", "not purged")
+    code, out, err = await poller_cli("deliveries", "purge", "--webhook", "nope", "-c", str(config))
+    assert code == 2
+    assert_one_line_error(err, "no deliveries of webhook 'nope'", "orphaned: filtered")
+    code, out, err = await poller_cli("deliveries", "purge", "-c", str(config))
+    assert code == 2
+    assert_one_line_error(err, "purge takes --webhook W")
+    code, out, err = await poller_cli(
+        "deliveries", "purge", "--webhook", "filtered", "-c", str(config)
+    )
+    assert code == 2, out + err  # stdin is no terminal: confirmation needs --yes
+    assert_one_line_error(err, "purge asks for confirmation", "--yes")
+    assert await daemon.stop() == 0
+
+    # It comes back: its deliveries resume, with the same webhook-id.
+    receiver.heal("filtered")
+    config = write_config(**both)
+    daemon = await daemons(config).start()
+    await wait_delivered(receiver, {("filtered", e["id"]) for e in events}, daemon)
+    assert await daemon.stop() == 0
+
+    # Removed again with something owed: purged on purpose, after the count is shown.
+    receiver.fail("filtered", times=None, status=503)
+    late = simulator.add_event("room-a")
+    daemon = await daemons(write_config(**both)).start()
+    await wait_delivered(receiver, {("all", late["id"])}, daemon)
+    await wait_log(
+        daemon,
+        lambda log: log.get("event") == "delivery_attempt" and log.get("webhook") == "filtered",
+        "'filtered' to fail",
+        15,
+    )
+    assert await daemon.stop() == 0
+    config = write_config(**only_all)
+    args = ["deliveries", "purge", "--webhook", "filtered", "-c", str(config)]
+    code, out = await asyncio.to_thread(on_a_terminal, args, b"n")
+    assert code == 1, out
+    assert "webhook filtered (not in the config) has 3 deliveries: 1 pending, 2 delivered" in out
+    assert out.splitlines()[-1].strip() == "nothing purged"
+    out = await cli_ok(*args, "--yes")
+    assert out.strip().splitlines()[-1] == "purged 3 deliveries of filtered"
+    listed = json.loads(await cli_ok("webhooks", "list", "--json", "-c", str(config)))
+    assert [w["name"] for w in listed] == ["all"]
+
+
+async def cli_ok(*args: str) -> str:
+    code, out, err = await poller_cli(*args)
+    assert code == 0, out + err
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import structlog.testing
 from aiohttp import web
 
+from poller.budget import RequestBudget
 from poller.events import Event
 from poller.hms.client import ApiError, HmsClient, Page
 from poller.hms.token import MintedTokens, StaticToken
@@ -555,3 +557,33 @@ async def test_a_secret_the_api_quotes_is_masked_before_the_message_is_cut(
 async def test_client_repr_has_no_secrets(session: aiohttp.ClientSession) -> None:
     client = HmsClient(session, "http://api", MintedTokens(ACCESS_KEY, APP_SECRET))
     assert APP_SECRET not in repr(client)
+
+
+# -- the request budget ------------------------------------------------------------------
+
+
+async def test_every_request_and_retry_takes_a_turn_of_the_budget(
+    sim: Simulator, make_client: MakeClient
+) -> None:
+    rate = 20.0
+    for _ in range(3):
+        sim.add_event(ROOM)
+    sim.inject("500")  # its retry takes a turn too
+    budget = RequestBudget(rate)
+    client = make_client(budget=budget)
+
+    async def walk() -> list[Page]:
+        async with budget.turn():
+            return await collect(client, page_size=1)
+
+    first = asyncio.create_task(walk())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(walk())
+    walks = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert [len(events_of(pages)) for pages in walks] == [3, 3]
+    arrivals = [r["at"] for r in sim.requests]
+    assert len(arrivals) == 2 * 3 + 1
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    # Spaced by the budget (unbudgeted, they come a millisecond apart), give or take the
+    # jitter of a local connection.
+    assert min(gaps) >= 1 / rate - 0.01

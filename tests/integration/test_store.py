@@ -218,6 +218,29 @@ async def test_fan_out_with_real_webhook_configs(store: Store) -> None:
     assert await store.outbox_counts() == {("all", "pending"): 3, ("joins", "pending"): 1}
 
 
+async def test_purge_webhook_drops_only_its_deliveries_in_batches(store: Store) -> None:
+    page = [make_event(n) for n in range(5)]
+    await store.record_page(ROOM, page, [Hook("gone"), Hook("kept")], deliver=True, now=NOW)
+    await store.ensure_webhooks(["gone", "kept"])
+    await store.webhook_failing("gone", error="503", now=NOW)
+    assert "gone" in await store.webhook_states()
+
+    assert await store.purge_webhook("gone", batch=2) == 5
+    assert await store.outbox_counts() == {("kept", "pending"): 5}
+    assert "gone" not in await store.webhook_states()
+    assert await store.purge_webhook("gone") == 0
+
+
+async def test_oldest_pending_of_some_webhooks(store: Store) -> None:
+    await store.record_page(ROOM, [make_event(1)], [Hook("orphan")], deliver=True, now=NOW)
+    later = NOW + dt.timedelta(minutes=5)
+    await store.record_page(ROOM, [make_event(2)], [Hook("kept")], deliver=True, now=later)
+
+    assert await store.oldest_pending() == NOW
+    assert await store.oldest_pending(["kept"]) == later
+    assert await store.oldest_pending([]) is None
+
+
 async def test_deliver_false_records_seen_ids_without_outbox_rows(store: Store) -> None:
     page = [make_event(i) for i in range(3)]
     outcome = await store.record_page(ROOM, page, [H], deliver=False, now=NOW)

@@ -425,6 +425,22 @@ async def test_per_webhook_concurrency_limit(
     assert all(r["state"] == "delivered" for r in await rows(store))
 
 
+async def test_backlogged_while_more_is_due_than_there_are_slots(
+    store: Store, holding: HoldingServer, make_worker: MakeWorker, outcomes: Outcomes
+) -> None:
+    hooks = [hook("slow", holding.url("slow"), max_concurrency=2)]
+    await seed(store, hooks, 2)  # exactly the slots: nothing left waiting
+    worker = make_worker(hooks)
+    async with running(worker):
+        await holding.wait_for(lambda: holding.active == 2)
+        assert worker.backlogged()  # the claim came back full: more may be due
+        holding.open()
+        await outcomes.wait_for(lambda: len(outcomes.of("slow", "delivered")) == 2)
+        await nudge(worker)  # a claim that finds less than it asked for
+        await until(lambda: not worker.backlogged())
+    assert not worker.backlogged()
+
+
 async def test_a_hanging_webhook_does_not_hold_up_another(
     store: Store,
     holding: HoldingServer,

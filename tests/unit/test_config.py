@@ -34,6 +34,7 @@ from poller.config import (
 from poller.config.model import Proxy, Route, TlsConfig
 from poller.config.values import stored_length
 from poller.errors import ConfigError
+from poller.events import KNOWN_EVENT_TYPES
 from poller.redaction import secrets_of
 from poller.signing import InvalidSecret, SigningKey
 from poller.store.models import deliveries, events, instances, rooms
@@ -121,7 +122,7 @@ instance_id = "poller-1"
 base_url = "https://hms.example.com/v2/"
 access_key = "ak-1"
 app_secret = "{APP_SECRET}"
-event_types = ["beam.recording.success", "session.close.success"]
+event_types = ["beam.recording.success", "track.add.success"]
 request_timeout = 5
 ca_file = "pki/ca.pem"
 proxy = "http://poller:{PROXY_PASSWORD}@proxy.example.com:3128"
@@ -193,7 +194,7 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
         path=tmp_path / "config.toml",
         hms=HmsConfig(
             base_url="https://hms.example.com/v2",
-            event_types=("beam.recording.success", "session.close.success"),
+            event_types=("beam.recording.success", "track.add.success"),
             access_key="ak-1",
             app_secret=Secret(APP_SECRET),
             management_token=None,
@@ -643,6 +644,24 @@ ERROR_CASES = [
         id="rate-limit-inf",
     ),
     pytest.param(
+        toml(hms=HMS + "max_requests_per_second = 0\n"),
+        "hms.max_requests_per_second",
+        "greater than 0",
+        id="request-budget-zero",
+    ),
+    pytest.param(
+        toml(hms=HMS + "max_requests_per_second = 20000\n"),
+        "hms.max_requests_per_second",
+        "10000",
+        id="request-budget-too-high",
+    ),
+    pytest.param(
+        toml(hms=HMS + "max_requests_per_second = nan\n"),
+        "hms.max_requests_per_second",
+        "finite number",
+        id="request-budget-nan",
+    ),
+    pytest.param(
         toml(tables='[delivery]\nbreaker_after = "0s"\n'),
         "delivery.breaker_after",
         "greater than 0 and at most 720h",
@@ -958,9 +977,40 @@ ERROR_CASES = [
         id="webhook-without-secret",
     ),
     pytest.param(
-        toml(webhooks=WEBHOOK + 'event_types = ["session.close.success"]\n'),
+        toml(hms=HMS + 'event_types = ["beam.recording.sucess"]\n'),
+        "hms.event_types[0]",
+        "'beam.recording.sucess' is not an event type of the analytics events API "
+        "(did you mean 'beam.recording.success'?); "
+        "a type newer than poller goes in hms.extra_event_types too",
+        id="event-type-typo",
+    ),
+    pytest.param(
+        toml(hms=HMS + 'event_types = ["beam.recording.success", "zzz"]\n'),
+        "hms.event_types[1]",
+        "'zzz' is not an event type of the analytics events API; known: "
+        "beam.recording.success, track.add.success",
+        id="event-type-unknown-lists-known",
+    ),
+    pytest.param(
+        toml(
+            hms=HMS
+            + 'event_types = ["beam.recording.success"]\n'
+            + 'extra_event_types = ["track.add.success"]\n'
+        ),
+        "hms.extra_event_types[0]",
+        "'track.add.success' is a type poller knows: list it in hms.event_types alone",
+        id="extra-event-type-known",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'event_types = ["client.join.faild"]\n'),
         "webhooks[0].event_types[0]",
-        "'session.close.success' is not in hms.event_types, so it would never match",
+        "(did you mean 'client.join.failed'?)",
+        id="webhook-event-type-typo",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'event_types = ["client.join.failed"]\n'),
+        "webhooks[0].event_types[0]",
+        "'client.join.failed' is not in hms.event_types, so it would never match",
         id="webhook-event-type-not-polled",
     ),
     pytest.param(
@@ -1567,7 +1617,7 @@ def test_describe(tmp_path: Path) -> None:
     assert_no_secret(text)
     assert f"config:      {tmp_path / 'config.toml'}" in text
     assert "https://hms.example.com:443 (minted tokens for access key ak***;" in text
-    assert "beam.recording.success, session.close.success" in text
+    assert "beam.recording.success, track.add.success" in text
     assert "every 1m, page size 50, backfill off" in text
     assert "postgresql+asyncpg://poller:***@db.example.com:5432/poller" in text
     assert "timeout 2.5s, retries after 250ms, 30s, 1h (up to 4 attempts)" in text
@@ -1582,6 +1632,19 @@ def test_describe(tmp_path: Path) -> None:
     assert "proxy http://proxy.example.com:3128 (from proxy key, with credentials)" in text
     assert f"    tls: CAs of {tmp_path / 'pki' / 'ca.pem'} only (1 certificate: " in text
     assert "    proxy: http://proxy.example.com:3128 (from proxy key)\n" in text
+    assert (
+        "API budget:  50 requests/s; 2 rooms every 1m ask 0.0333/s at one page a poll (0% of it"
+        in text
+    )
+
+
+def test_describe_does_the_request_arithmetic_against_the_budget(tmp_path: Path) -> None:
+    rooms = "".join(f'[[rooms]]\nid = "room-{i:02}"\n' for i in range(60))
+    hms = HMS + "max_requests_per_second = 0.5\n"
+    text = describe(load(tmp_path, toml(hms=hms, rooms=rooms, tables='[poll]\ninterval = "1m"\n')))
+
+    assert "API budget:  0.5 requests/s; 60 rooms every 1m ask 1/s at one page a poll (200%" in text
+    assert "over the budget: polls wait their turn, each room about every 2m" in text
 
 
 def test_describe_defaults_and_fixed_token(tmp_path: Path) -> None:
@@ -1656,3 +1719,20 @@ def test_a_bad_previous_secret_is_named_by_its_index_and_never_shown(
     assert error.key == f"webhooks[0].{key}"
     assert problem in error.problem
     assert_no_secret(str(error))
+
+
+def test_every_event_type_the_api_serves_and_extra_ones_are_accepted(tmp_path: Path) -> None:
+    types = [*KNOWN_EVENT_TYPES, "room.future.event"]
+    config = load(
+        tmp_path,
+        toml(
+            hms=HMS
+            + f"event_types = {json.dumps(types)}\n"
+            + 'extra_event_types = ["room.future.event"]\n',
+            webhooks=WEBHOOK + 'event_types = ["room.future.event", "client.disconnected"]\n',
+        ),
+    )
+    assert config.hms.event_types == tuple(types)
+    assert config.hms.extra_event_types == ("room.future.event",)
+    (webhook,) = config.webhooks
+    assert webhook.event_types == {"room.future.event", "client.disconnected"}

@@ -11,6 +11,7 @@ from poller.delivery.sender import Attempt, Target
 from poller.hms.token import StaticToken
 from poller.metrics import Metrics
 from poller.poll import PollResult
+from poller.share import PollShare
 from poller.signing import SigningKey
 from poller.states import AttemptOutcome, PollOutcome, WebhookMode
 from poller.store.repo import Claim, Store, WebhookRow
@@ -79,6 +80,19 @@ def test_api_responses_tokens_and_lag() -> None:
     assert s[("poller_api_requests_total", (("status", "error"),))] == 1
     assert s[("poller_poll_lag_seconds", ())] == 2.5
     assert ("poller_token_renewals_total", ()) in s
+
+
+def test_poll_share() -> None:
+    m = Metrics(instance="i", version="1")
+    share = PollShare(lambda: True, ceiling=2)
+    m.watch_share(share)
+    share.observe(0.5)
+    share.held_seconds = 1.5
+
+    s = samples(m)
+    assert s[("poller_polls_held", ())] == 0
+    assert s[("poller_polls_held_seconds_total", ())] == 1.5
+    assert s[("poller_loop_lag_seconds", ())] > 0.1
 
 
 class FakeStore:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from poller.delivery.guard import Pacer
+from poller.limit import Pacer
 
 
 class Clock:

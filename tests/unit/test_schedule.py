@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from structlog.testing import capture_logs
 
-from poller.schedule import Scheduler
+from poller.schedule import Lateness, Scheduler
 
 
 async def test_jobs_repeat_and_never_overlap() -> None:
@@ -122,3 +124,66 @@ async def test_stop_cancels_a_job_that_outlives_the_grace() -> None:
     await scheduler.stop(grace=0.2)
     assert cancelled
     assert loop.time() - t0 < 5
+
+
+async def test_a_gate_wait_counts_as_lateness_not_against_the_timeout() -> None:
+    scheduler = Scheduler()
+    lateness = Lateness(0.01)
+    gate_open = asyncio.Event()
+    entries = 0
+    runs = 0
+    third = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def gate() -> AsyncIterator[None]:
+        nonlocal entries
+        entries += 1
+        if entries == 2:  # the first run passes; the second is held
+            await gate_open.wait()
+        yield
+
+    async def job() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 3:
+            third.set()
+
+    with capture_logs() as logs:
+        scheduler.every("gated", 0.05, job, timeout=0.1, lateness=lateness, gate=gate)
+        scheduler.start()
+        try:
+            await asyncio.sleep(0.5)  # five timeouts' worth held at the gate
+            assert runs == 1
+            gate_open.set()
+            await asyncio.wait_for(third.wait(), 10)
+        finally:
+            await scheduler.stop(5)
+    assert not any(e["event"] == "job_timeout" for e in logs)
+    assert lateness.seconds >= 0.3, "the held run started late, and says so"
+
+
+async def test_stop_drops_runs_still_waiting_at_their_gate_at_once() -> None:
+    scheduler = Scheduler()
+    waiting = asyncio.Event()
+    ran = False
+
+    @contextlib.asynccontextmanager
+    async def gate() -> AsyncIterator[None]:
+        waiting.set()
+        await asyncio.Event().wait()  # never opens
+        yield
+
+    async def job() -> None:
+        nonlocal ran
+        ran = True
+
+    with capture_logs() as logs:
+        scheduler.every("held", 0.05, job, timeout=5, gate=gate)
+        scheduler.start()
+        await asyncio.wait_for(waiting.wait(), 10)
+        started = asyncio.get_running_loop().time()
+        await scheduler.stop(30)
+        took = asyncio.get_running_loop().time() - started
+    assert not ran
+    assert took < 5, "a run that never began must not use up the grace"
+    assert not any(e["event"] in {"jobs_interrupted", "job_failed"} for e in logs)

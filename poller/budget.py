@@ -1,0 +1,142 @@
+"""One budget of requests per second for every request poller makes of the 100ms API.
+
+The API documents no rate limit, so poller keeps its own (``hms.max_requests_per_second``):
+every request start takes a turn of one ``Pacer``, so no second ever holds more than the
+budget. When the schedule asks for more, it is polls that wait, before they begin, in the
+order they fell due (the most overdue first); a walk already under way takes its next
+page's turn ahead of them, so a begun walk is never starved into its timeout. Nothing is
+dropped: a poll waits for its turn, and ``polls_late`` and the metrics say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from poller.limit import Pacer
+
+__all__ = ["RequestBudget"]
+
+
+@dataclass(slots=True)
+class _Turn:
+    """A poll's first request, paid for when the poll was let in."""
+
+    at: float  # when it may start (clock time)
+    used: bool = False
+
+
+class RequestBudget:
+    """At most ``rate`` request starts a second; ``async with budget.turn():`` around a poll,
+    ``await budget.request()`` before each request."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        period: float = 10.0,
+        logger: FilteringBoundLogger | None = None,
+    ) -> None:
+        self._pacer = Pacer(rate, clock)
+        self._clock = clock
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._wakeup: asyncio.TimerHandle | None = None
+        # The turn a poll was let in with: its task's context carries it to its first request.
+        self._turn: ContextVar[_Turn | None] = ContextVar("poller_budget_turn", default=None)
+        self.waited_seconds = 0.0  # time requests and polls waited for a turn (a counter)
+        self._period = period
+        self._log = logger or structlog.get_logger("poller.budget")
+        self._window_start = clock()
+        self._window_polls = 0
+        self._window_max = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self._pacer.rate
+
+    @property
+    def waiting(self) -> int:
+        """Polls waiting for a turn now."""
+        return sum(1 for w in self._waiters if not w.done())
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait, in order, until a request may start now; that start is the poll's first
+        request's (``request`` inside the body takes it without waiting again)."""
+        started = self._clock()
+        waited = 0.0
+        if self._waiters or self._pacer.ready_in() > 0:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            self._schedule()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._schedule()  # the next in line may be due
+                raise
+            waited = self._clock() - started
+        else:
+            self._pacer.reserve()
+        self._note_poll(waited)
+        token = self._turn.set(_Turn(self._clock()))
+        try:
+            yield
+        finally:
+            self._turn.reset(token)
+
+    async def request(self) -> None:
+        """Wait for this request's turn (at once, for a poll's first request)."""
+        turn = self._turn.get()
+        if turn is not None and not turn.used:
+            turn.used = True
+            wait = turn.at - self._clock()
+        else:
+            wait = self._pacer.reserve()
+        if wait > 0:
+            self.waited_seconds += wait
+            await asyncio.sleep(wait)
+
+    def _schedule(self) -> None:
+        """Let the first waiter in when the pacer has a turn now, or look again then."""
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        while self._waiters:
+            if self._waiters[0].done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            ahead = self._pacer.ready_in()
+            if ahead > 0:
+                loop = asyncio.get_running_loop()
+                self._wakeup = loop.call_later(ahead, self._schedule)
+                return
+            self._pacer.reserve()
+            self._waiters.popleft().set_result(None)
+
+    def _note_poll(self, waited: float) -> None:
+        now = self._clock()
+        if waited > 0:
+            self.waited_seconds += waited
+            self._window_polls += 1
+            self._window_max = max(self._window_max, waited)
+        # One line per period at most: never one per delayed poll.
+        if now - self._window_start < self._period:
+            return
+        if self._window_polls:
+            self._log.warning(
+                "api_budget_exceeded",
+                polls_delayed=self._window_polls,
+                max_wait_s=round(self._window_max, 3),
+                budget_per_s=self.rate,
+                period_s=round(now - self._window_start, 1),
+            )
+        self._window_start, self._window_polls, self._window_max = now, 0, 0.0
