@@ -62,20 +62,24 @@ class Daemon:
                 stack.push_async_callback(parts.server.stop)
             displaced = asyncio.create_task(self._stop_when_displaced(), name="displaced")
             stack.callback(displaced.cancel)
+            if parts.discovery is not None:
+                # What earlier runs discovered is polled from the start, not after a walk.
+                await parts.discovery.restore()
             worker_task = asyncio.create_task(parts.worker.run(), name="delivery")
             share = asyncio.create_task(parts.share.run(), name="share")
             stack.callback(share.cancel)
             parts.scheduler.start()
             watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
             self.notifier.ready(
-                f"polling {len(config.rooms)} rooms every {config.poll.interval:g}s, "
+                f"polling {len(parts.rooms.ids)} rooms every {config.poll.interval:g}s, "
                 f"{len(config.webhooks)} webhooks"
             )
             self.log.info(
                 "started",
                 version=__version__,
                 instance=parts.store.instance_id,
-                rooms=len(config.rooms),
+                rooms=len(parts.rooms.ids),
+                discovery=config.discovery.enabled,
                 webhooks=len(config.webhooks),
                 store=config.store.masked_url(),
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -25,13 +25,13 @@ class Coordination:
         self,
         store: Store,
         timings: Timings,
-        rooms: Sequence[str],
+        rooms: Collection[str],
         *,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
         self._store = store
         self._timings = timings
-        self._rooms = tuple(rooms)
+        self._rooms = rooms  # a live view: discovery adds and retires rooms
         self.membership = Membership(store.instance_id)
         self.started_at: dt.datetime = utcnow()
         self._log = logger or structlog.get_logger("poller")

@@ -19,6 +19,7 @@ from poller.redaction import secrets_of
 from poller.simulator import Simulator
 
 ROOMS = ("demo-room-a", "demo-room-b", "demo-room-c")
+NEW_ROOM = "demo-room-new"  # created while the demo runs: discovery finds it
 WEBHOOKS = {"recordings": None, "room-a-only": [ROOMS[0]]}  # name -> rooms filter
 
 
@@ -41,6 +42,10 @@ def _config_text(api: str, receiver: Receiver, store: Path, key: str, app_secret
         "",
         "[store]",
         f'url = "sqlite+aiosqlite:///{store}"',
+        "",
+        "[discovery]  # poll the rooms GET /rooms lists, besides [[rooms]]",
+        "enabled = true",
+        'interval = "1s"',
         "",
         "[delivery]",
         'timeout = "5s"',
@@ -122,6 +127,16 @@ async def _demo(events: int, timeout: float, verbose: bool, out: TextIO) -> int:
                 await asyncio.sleep(1.0)
                 publish(i)
                 print(f"new recording published in {ROOMS[i % len(ROOMS)]}", file=out)
+            # A room created while poller runs: a session in it, and the recording that
+            # follows once it ends.
+            sim.add_room(NEW_ROOM, name="demo new room")
+            session = sim.start_session(NEW_ROOM)
+            print(f"room {NEW_ROOM} created, a session starts (discovery finds it)", file=out)
+            await asyncio.sleep(2.0)
+            sim.end_session(session)
+            event = sim.add_event(NEW_ROOM, session_id=session)
+            expected.add(("recordings", event["id"]))
+            print(f"the session in {NEW_ROOM} ended; its recording is published", file=out)
 
         publisher = asyncio.create_task(publish_rest())
         await publisher

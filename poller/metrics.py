@@ -17,8 +17,10 @@ from prometheus_client.registry import Collector
 
 from poller.budget import RequestBudget
 from poller.delivery.sender import Attempt, Target
+from poller.discovery import DiscoveryOutcome
 from poller.hms.token import TokenProvider
 from poller.poll import FAILING_AFTER, PollResult
+from poller.rooms import Origin, PolledRooms
 from poller.share import PollShare
 from poller.states import AttemptOutcome, DeliveryState, PollOutcome, WebhookState
 from poller.store.faults import Faults
@@ -83,6 +85,21 @@ class _Budget(Collector):
             "Time polls and requests waited for a turn of the API request budget, summed.",
             value=self._budget.waited_seconds,
         )
+
+
+class _Rooms(Collector):
+    def __init__(self, rooms: PolledRooms) -> None:
+        self._rooms = rooms
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "poller_rooms",
+            "Rooms this instance schedules polls for, by origin (config, discovery).",
+            labels=["origin"],
+        )
+        for origin in Origin:
+            family.add_metric([origin.value], self._rooms.count(origin))
+        yield family
 
 
 class Metrics:
@@ -168,6 +185,17 @@ class Metrics:
             ["webhook", "outcome"],
             registry=r,
         )
+        self._discovery_walks = Counter(
+            "poller_discovery_walks",
+            "Walks of GET /rooms by discovery, by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self._discovery_listed = Gauge(
+            "poller_discovery_listed_rooms",
+            "Rooms the latest complete walk of GET /rooms listed (after the filters).",
+            registry=r,
+        )
         self.paced = Counter(
             "poller_rate_limit_wait_seconds",
             "Time deliveries waited for their turn under the webhook's rate_limit.",
@@ -199,6 +227,16 @@ class Metrics:
             "interval (0: on time; rises when rooms are due faster than they can be polled).",
             registry=self.registry,
         ).set_function(seconds)
+
+    def watch_rooms(self, rooms: PolledRooms) -> None:
+        """Export how many rooms are polled, by origin."""
+        self.registry.register(_Rooms(rooms))
+
+    def observe_discovery(self, outcome: DiscoveryOutcome) -> None:
+        """Count one discovery walk."""
+        self._discovery_walks.labels(outcome="ok" if outcome.ok else "error").inc()
+        if outcome.ok:
+            self._discovery_listed.set(outcome.listed)
 
     def watch_budget(self, budget: RequestBudget) -> None:
         """Export the API request budget and the waits for it (see poller.budget)."""

@@ -25,6 +25,7 @@ from poller.delivery.guard import ReceiverGuard
 from poller.delivery.retry import RetryPolicy
 from poller.delivery.sender import Sender, Target
 from poller.delivery.worker import DeliveryWorker
+from poller.discovery import Discovery
 from poller.errors import ConfigError, StoreError
 from poller.health import Health
 from poller.hms.client import HmsClient, WalkLimits
@@ -33,9 +34,12 @@ from poller.limit import Limiter
 from poller.metrics import Metrics
 from poller.poll import PollResult, RoomPoller
 from poller.redaction import redactor_of
+from poller.rooms import Origin, PolledRooms
 from poller.schedule import Lateness, Scheduler
 from poller.server import HealthServer
 from poller.share import PollShare
+from poller.snapshot import Snapshot, snapshot
+from poller.status_page import DELIVERIES
 from poller.store.connect import open_store
 from poller.store.repo import Store
 from poller.timeutil import utcnow
@@ -103,6 +107,8 @@ class Parts:
     worker: DeliveryWorker
     scheduler: Scheduler
     share: PollShare
+    rooms: PolledRooms
+    discovery: Discovery | None
     coordination: Coordination
     health: Health
     server: HealthServer | None
@@ -179,9 +185,24 @@ def build(config: Config, store: Store) -> Parts:
             observer=metrics,
         ),
     )
-    rooms = [room.id for room in config.rooms]
-    coordination = Coordination(store, timings, rooms)
     scheduler = Scheduler()
+    # Polls give way while deliveries are backlogged and the loop saturated (see
+    # poller.share); at poll.max_concurrency walking at once the gate is open.
+    share = PollShare(worker.backlogged, ceiling=config.poll.max_concurrency)
+    metrics.watch_share(share)
+    # One warning per interval at most (10 s at least) when polls fall behind.
+    lateness = Lateness(max(timings.interval, 10.0))
+    metrics.watch_lateness(lambda: lateness.seconds)
+    rooms = PolledRooms(
+        scheduler,
+        lambda room_id: poller.poll(room_id),  # the poller needs coordination, built below
+        interval=timings.interval,
+        timeout=timings.job_timeout,
+        lateness=lateness,
+        gate=functools.partial(_admitted, share, budget),
+    )
+    metrics.watch_rooms(rooms)
+    coordination = Coordination(store, timings, rooms.ids)
     health = Health(
         timings,
         scheduler_running=lambda: scheduler.running,
@@ -210,25 +231,22 @@ def build(config: Config, store: Store) -> Parts:
         on_new_deliveries=worker.wake,
         on_poll=polled,
     )
-    # Polls give way while deliveries are backlogged and the loop saturated (see
-    # poller.share); at poll.max_concurrency walking at once the gate is open.
-    share = PollShare(worker.backlogged, ceiling=config.poll.max_concurrency)
-    metrics.watch_share(share)
-    # One warning per interval at most (10 s at least) when polls fall behind.
-    lateness = Lateness(max(timings.interval, 10.0))
-    metrics.watch_lateness(lambda: lateness.seconds)
-    interval = timings.interval
-    for i, room in enumerate(rooms):
+    rooms.add_all([room.id for room in config.rooms], Origin.CONFIG)
+    discovery: Discovery | None = None
+    if config.discovery.enabled:
+        discovery = Discovery(
+            client,
+            store,
+            config.discovery,
+            rooms,
+            configured=[room.id for room in config.rooms],
+            on_walk=metrics.observe_discovery,
+        )
         scheduler.every(
-            f"poll:{room}",
-            interval,
-            functools.partial(poller.poll, room),
-            # Spread the rooms over one interval instead of a burst per interval.
-            first_in=interval * i / len(rooms),
-            jitter=min(interval * 0.1, 5.0),
-            timeout=timings.job_timeout,
-            lateness=lateness,
-            gate=functools.partial(_admitted, share, budget),
+            "discovery",
+            config.discovery.interval,
+            discovery.walk,
+            timeout=max(60.0, config.discovery.interval),
         )
     scheduler.every(
         "heartbeat",
@@ -259,6 +277,10 @@ def build(config: Config, store: Store) -> Parts:
     )
     server = None
     if config.server is not None:
+
+        async def status() -> Snapshot:
+            return await snapshot(store, config, utcnow(), deliveries=DELIVERIES)
+
         server = HealthServer(
             config.server.host,
             config.server.port,
@@ -266,6 +288,8 @@ def build(config: Config, store: Store) -> Parts:
             refresh_metrics=lambda: metrics.refresh(store, [w.name for w in config.webhooks]),
             live=health.live,
             ready=health.ready,
+            status=status if config.server.status_page else None,
+            redact=redactor_of(config),
         )
     return Parts(
         config=config,
@@ -275,6 +299,8 @@ def build(config: Config, store: Store) -> Parts:
         worker=worker,
         scheduler=scheduler,
         share=share,
+        rooms=rooms,
+        discovery=discovery,
         coordination=coordination,
         health=health,
         server=server,

@@ -180,9 +180,9 @@ class RoomPoller:
             return self._done(PollResult(room_id, PollOutcome.LEASED), started)
         self._held.add(room_id)
         # Until the room's first complete poll, what the API holds was there
-        # before us: delivered only with backfill.
+        # before us: delivered only with backfill (or when the room is new to the app).
         first = lease.first_polled_at is None
-        walk = _Walk(room_id, deliver=self._backfill or not first)
+        walk = _Walk(room_id, deliver=self._backfill or lease.backfill or not first)
         error: str | None = None
         walk_deadline = loop.time() + self._walk_timeout
         try:

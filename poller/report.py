@@ -4,125 +4,114 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from poller.config import Config, WebhookConfig
-from poller.config.values import url_origin
 from poller.errors import UserError
 from poller.parts import open_configured_store
-from poller.states import DeliveryState, WebhookMode, WebhookState
-from poller.store.repo import AttemptRow, DeliveryFilter, DeliveryRow, EventFilter, WebhookRow
+from poller.snapshot import (
+    SchemaBehind,
+    Snapshot,
+    WebhookView,
+    ago,
+    describe_state,
+    last_answer,
+    rfc3339,
+    snapshot,
+)
+from poller.states import DeliveryState
+from poller.store.repo import AttemptRow, DeliveryFilter, DeliveryRow, EventFilter
 from poller.timeutil import utcnow
 
 PENDING, DEAD = DeliveryState.PENDING, DeliveryState.DEAD
 
 
-def ago(when: dt.datetime | None, now: dt.datetime) -> str:
-    """``when`` relative to ``now``, for people: "12s ago", "3m ago", "in 5s", "never"."""
-    if when is None:
-        return "never"
-    seconds = (now - when).total_seconds()
-    if seconds < 0:
-        return f"in {-seconds:.0f}s"
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
 async def status(config: Config, *, as_json: bool = False) -> str:
     """Schema revision, instances, each room's last poll, and the outbox by webhook and
     state: a table, or JSON with the keys documented in the README (``status_json``)."""
-    now = utcnow()
     async with open_configured_store(config, apply_migrations=False) as store:
-        current, head = await store.schema_revisions()
-        if current != head:
-            problem = (
-                f"store schema is at {current}, this version needs {head}: run `poller migrate`"
-            )
+        try:
+            snap = await snapshot(store, config, utcnow())
+        except SchemaBehind as exc:
             if as_json:
-                raise UserError(problem)
-            return problem
-        rooms = {row["id"]: row for row in await store.room_states()}
-        instances = await store.instance_states()
-        counts = await store.outbox_counts()
-        oldest = await store.oldest_pending([w.name for w in config.webhooks])
-        states = await store.webhook_states()
-    names = sorted({w.name for w in config.webhooks} | {w for w, _ in counts})
-    configured = {w.name: w for w in config.webhooks}
-    hooks = [webhook_json(n, configured.get(n), states.get(n), counts) for n in names]
-    if as_json:
-        return dumps(status_json(config, current, instances, rooms, hooks, oldest))
-    lines = [f"store: {config.store.masked_url()} (schema {current})", "instances:"]
-    for inst in instances:
+                raise
+            return str(exc)
+    return dumps(status_json(snap)) if as_json else status_text(snap)
+
+
+def status_text(snap: Snapshot) -> str:
+    """``poller status``: one line per instance, room and webhook."""
+    now = snap.taken_at
+    lines = [f"store: {snap.store} (schema {snap.schema})", "instances:"]
+    for inst in snap.instances:
         lines.append(
-            f"  {inst['id']}: started {ago(inst['started_at'], now)}, "
-            f"last heartbeat {ago(inst['heartbeat_at'], now)}"
+            f"  {inst.id}: started {ago(inst.started_at, now)}, "
+            f"last heartbeat {ago(inst.heartbeat_at, now)}"
         )
-    if not instances:
+    if not snap.instances:
         lines.append("  none running")
     lines.append("rooms:")
-    for room in config.rooms:
-        row = rooms.get(room.id)
-        if row is None:
-            lines.append(f"  {room.id}: not polled yet")
+    for room in snap.rooms:
+        found = ""
+        if room.origin == "discovery":
+            found = f" (discovered {ago(room.discovered_at, now)}"
+            found += f", left the listing {ago(room.left_at, now)})" if room.left_at else ")"
+        if not room.polled:
+            lines.append(f"  {room.id}{found}: not polled yet")
             continue
-        error = f", last error: {row['last_error']}" if row["last_error"] else ""
-        failed = row["failed_walks"]
+        error = f", last error: {room.last_error}" if room.last_error else ""
+        failed = room.failed_walks
         failing = f", {failed} failed walks in a row" if failed else ""
-        baseline = "" if row["first_polled_at"] else ", no complete walk yet"
-        owner = f", leased by {row['lease_owner']}" if row["lease_owner"] else ""
+        baseline = "" if room.first_polled_at else ", no complete walk yet"
+        owner = f", leased by {room.lease_owner}" if room.lease_owner else ""
         lines.append(
-            f"  {room.id}: last success {ago(row['last_success_at'], now)}, "
-            f"last poll {ago(row['last_polled_at'], now)}{owner}{failing}{baseline}{error}"
+            f"  {room.id}{found}: last success {ago(room.last_success_at, now)}, "
+            f"last poll {ago(room.last_polled_at, now)}{owner}{failing}{baseline}{error}"
         )
+    if snap.retired_rooms:
+        lines.append(f"  ({snap.retired_rooms} retired rooms: left the listing, no longer polled)")
     lines.append("webhooks (pending / delivered / dead, state):")
-    for hook in hooks:
-        p, d, x = (hook[s] for s in DeliveryState)
-        lines.append(f"  {hook['name']}: {p} / {d} / {x}, {describe_state(hook, now)}")
+    for hook in snap.webhooks:
+        p, d, x = (hook.count(s) for s in DeliveryState)
+        lines.append(f"  {hook.name}: {p} / {d} / {x}, {describe_state(hook, now)}")
+    oldest = snap.oldest_pending_at
     lines.append(f"oldest pending delivery: {ago(oldest, now) if oldest else 'none'}")
     return "\n".join(lines)
 
 
-def status_json(
-    config: Config,
-    schema: str | None,
-    instances: Sequence[Mapping[str, Any]],
-    rooms: Mapping[str, Mapping[str, Any]],
-    webhooks: Sequence[Mapping[str, Any]],
-    oldest: dt.datetime | None,
-) -> dict[str, Any]:
+def status_json(snap: Snapshot) -> dict[str, Any]:
     """``poller status --json``: stable keys, times as RFC 3339 UTC, null when unknown."""
-
-    def room(room_id: str) -> dict[str, Any]:
-        row = rooms.get(room_id, {})
-        return {
-            "id": room_id,
-            "polled": bool(row),
-            "first_polled_at": rfc3339(row.get("first_polled_at")),
-            "last_polled_at": rfc3339(row.get("last_polled_at")),
-            "last_success_at": rfc3339(row.get("last_success_at")),
-            "last_error": row.get("last_error"),
-            "failed_walks": row.get("failed_walks", 0),
-            "lease_owner": row.get("lease_owner"),
-        }
-
     return {
-        "store": config.store.masked_url(),
-        "schema": schema,
+        "store": snap.store,
+        "schema": snap.schema,
         "instances": [
             {
-                "id": i["id"],
-                "started_at": rfc3339(i["started_at"]),
-                "heartbeat_at": rfc3339(i["heartbeat_at"]),
+                "id": i.id,
+                "started_at": rfc3339(i.started_at),
+                "heartbeat_at": rfc3339(i.heartbeat_at),
             }
-            for i in instances
+            for i in snap.instances
         ],
-        "rooms": [room(r.id) for r in config.rooms],
-        "webhooks": list(webhooks),
-        "oldest_pending_at": rfc3339(oldest),
+        "rooms": [
+            {
+                "id": r.id,
+                "polled": r.polled,
+                "first_polled_at": rfc3339(r.first_polled_at),
+                "last_polled_at": rfc3339(r.last_polled_at),
+                "last_success_at": rfc3339(r.last_success_at),
+                "last_error": r.last_error,
+                "failed_walks": r.failed_walks,
+                "lease_owner": r.lease_owner,
+                "origin": r.origin,
+                "discovered_at": rfc3339(r.discovered_at),
+                "left_at": rfc3339(r.left_at),
+            }
+            for r in snap.rooms
+        ],
+        "retired_rooms": snap.retired_rooms,
+        "webhooks": [webhook_json(w) for w in snap.webhooks],
+        "oldest_pending_at": rfc3339(snap.oldest_pending_at),
     }
 
 
@@ -135,13 +124,6 @@ def _known_webhook(config: Config, name: str | None, stored: Iterable[str] = ())
 def _unknown_webhook(config: Config, name: str) -> UserError:
     listed = ", ".join(sorted(w.name for w in config.webhooks)) or "none"
     return UserError(f"unknown webhook {name!r} (configured: {listed})")
-
-
-def rfc3339(when: dt.datetime | None) -> str | None:
-    """RFC 3339 in UTC, to the millisecond: what --json and ``show`` print."""
-    if when is None:
-        return None
-    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _delivery_json(row: DeliveryRow) -> dict[str, Any]:
@@ -194,7 +176,7 @@ async def deliveries(
         return "no deliveries"
     lines = [f"{'id':>8}  {'webhook':<16} {'state':<9} {'tries':>5}  {'event':<36}  last"]
     for r in rows:
-        last = f"{r.last_status or '-'} {r.last_error or ''}".strip()
+        last = last_answer(r)
         when = ago(r.next_attempt_at, now) if r.state == PENDING else ""
         lines.append(
             f"{r.id:>8}  {r.webhook:<16} {r.state:<9} {r.attempts:>5}  {r.event_id:<36}  "
@@ -308,55 +290,24 @@ async def replay(config: Config, webhook: str, which: EventFilter) -> str:
     return f"{count} deliveries to {webhook} scheduled"
 
 
-def webhook_json(
-    name: str,
-    webhook: WebhookConfig | None,
-    row: WebhookRow | None,
-    counts: Mapping[tuple[str, str], int],
-) -> dict[str, Any]:
+def webhook_json(webhook: WebhookView) -> dict[str, Any]:
     """One webhook's state and outbox counts: the keys of ``webhooks list --json`` and of
     the webhook entries of ``status --json`` (README)."""
-    row = row or WebhookRow(name)
     return {
-        "name": name,
-        "configured": webhook is not None,
+        "name": webhook.name,
+        "configured": webhook.configured,
         # In the store but no longer in the config: not delivered to, never dropped.
-        "orphaned": webhook is None,
-        "url": url_origin(webhook.url) if webhook else None,
-        "state": row.state.value,
-        "reason": row.mode_reason if row.mode is not WebhookMode.ACTIVE else None,
-        "state_changed_at": rfc3339(row.mode_changed_at),
-        "failing_since": rfc3339(row.failing_since),
-        "breaker_opened_at": rfc3339(row.breaker_opened_at),
-        "next_probe_at": rfc3339(row.next_probe_at) if row.breaker_opened_at else None,
-        "last_error": row.last_error,
-        "last_error_at": rfc3339(row.last_error_at),
-        "rate_limit": webhook.rate_limit if webhook else None,
-        "max_concurrency": webhook.max_concurrency if webhook else None,
-        **{str(state): counts.get((name, state), 0) for state in DeliveryState},
+        "orphaned": not webhook.configured,
+        "url": webhook.url,
+        "state": webhook.state.value,
+        "reason": webhook.reason,
+        "state_changed_at": rfc3339(webhook.state_changed_at),
+        "failing_since": rfc3339(webhook.failing_since),
+        "breaker_opened_at": rfc3339(webhook.breaker_opened_at),
+        "next_probe_at": rfc3339(webhook.next_probe_at),
+        "last_error": webhook.last_error,
+        "last_error_at": rfc3339(webhook.last_error_at),
+        "rate_limit": webhook.rate_limit,
+        "max_concurrency": webhook.max_concurrency,
+        **{str(state): webhook.count(state) for state in DeliveryState},
     }
-
-
-def describe_state(entry: Mapping[str, Any], now: dt.datetime) -> str:
-    """A webhook entry (``webhook_json``) as one line of text: state and why."""
-    if entry["orphaned"]:
-        return (
-            "orphaned: not in the config; its deliveries are kept for when it returns, "
-            f"or `poller deliveries purge --webhook {entry['name']}`"
-        )
-    state = WebhookState(entry["state"])
-    parts = [state.value.replace("_", " ")]
-    if state is WebhookState.BREAKER_OPEN:
-        parts.append(f"since {_ago(entry['breaker_opened_at'], now)}")
-        parts.append(f"next probe {_ago(entry['next_probe_at'], now)}")
-    elif entry["reason"]:
-        parts.append(entry["reason"])
-    if entry["failing_since"]:
-        parts.append(f"failing since {_ago(entry['failing_since'], now)}")
-    if entry["last_error"] and entry["failing_since"]:
-        parts.append(f"last error: {entry['last_error']}")
-    return ", ".join(parts)
-
-
-def _ago(when: str | None, now: dt.datetime) -> str:
-    return ago(dt.datetime.fromisoformat(when) if when else None, now)

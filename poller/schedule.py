@@ -153,6 +153,13 @@ class Scheduler:
             misfire_grace_time=max(1, int(interval)),
         )
 
+    def remove(self, job_id: str) -> bool:
+        """Fire ``job_id`` no more (a run under way finishes); False if it was not there."""
+        if self._scheduler.get_job(job_id) is None:
+            return False
+        self._scheduler.remove_job(job_id)
+        return True
+
     def start(self) -> None:
         """Start firing jobs (needs a running event loop)."""
         self._scheduler.start()

@@ -1,7 +1,8 @@
 """A fake 100ms API that follows CONTRACT.md, for tests, ``poller demo`` and benchmarks.
 
 It serves ``GET /analytics/events`` (snapshot paging, auth, the documented
-errors) and ``GET /rooms``, and can be told to misbehave with ``inject()``.
+errors), ``GET /rooms`` and ``GET /sessions``, and can be told to misbehave with
+``inject()``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class Simulator:
         self.base_url = ""
         self._rooms: dict[str, dict[str, Any]] = {}
         self._room_order: list[str] = []
+        self.sessions: list[dict[str, Any]] = []  # in creation order
+        self.listing_requests: list[dict[str, Any]] = []  # GET /rooms and /sessions
         self._templates: dict[str, str] = {}
         self._faults: collections.deque[tuple[Fault, float | None]] = collections.deque()
         self._cursors: collections.OrderedDict[str, _Cursor] = collections.OrderedDict()
@@ -87,6 +90,7 @@ class Simulator:
         self.app = web.Application(middlewares=[_json_errors])
         self.app.router.add_get("/analytics/events", self._handle_events)
         self.app.router.add_get("/rooms", self._handle_rooms)
+        self.app.router.add_get("/sessions", self._handle_sessions)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -115,15 +119,22 @@ class Simulator:
 
     # -- test controls -------------------------------------------------------------
 
-    def add_room(self, room_id: str) -> None:
+    def add_room(
+        self,
+        room_id: str,
+        *,
+        name: str | None = None,
+        enabled: bool = True,
+        template_id: str | None = None,
+    ) -> None:
         """Make a room exist (listed by GET /rooms) even before it has events."""
         if room_id in self._rooms:
             return
-        self._templates[room_id] = self._object_id()
+        self._templates[room_id] = template_id or self._object_id()
         self._rooms[room_id] = {
             "id": room_id,
-            "name": f"room-{len(self._room_order) + 1}",
-            "enabled": True,
+            "name": name or f"room-{len(self._room_order) + 1}",
+            "enabled": enabled,
             "description": "",
             "template_id": self._templates[room_id],
             "region": "in",
@@ -131,6 +142,38 @@ class Simulator:
         }
         self._room_order.append(room_id)
         self.events.setdefault(room_id, [])
+
+    def set_room(
+        self, room_id: str, *, name: str | None = None, enabled: bool | None = None
+    ) -> None:
+        """Rename, disable or enable a room (it then leaves or joins filtered listings)."""
+        room = self._rooms[room_id]
+        if name is not None:
+            room["name"] = name
+        if enabled is not None:
+            room["enabled"] = enabled
+
+    def start_session(self, room_id: str) -> str:
+        """A peer joins ``room_id``: a live session begins; returns its id."""
+        self.add_room(room_id)
+        now = rfc3339(time.time_ns(), digits=3)
+        session = {
+            "id": self._object_id(),
+            "room_id": room_id,
+            "active": True,
+            "created_at": now,
+            "updated_at": now,
+            "peers": {},
+        }
+        self.sessions.append(session)
+        return str(session["id"])
+
+    def end_session(self, session_id: str) -> dict[str, Any]:
+        """The session's last peer leaves: it ends (its recording may follow later)."""
+        (session,) = [s for s in self.sessions if s["id"] == session_id]
+        session["active"] = False
+        session["updated_at"] = rfc3339(time.time_ns(), digits=3)
+        return session
 
     def add_event(
         self, room_id: str, type: str = "beam.recording.success", **data_overrides: Any
@@ -239,31 +282,39 @@ class Simulator:
         return web.json_response(body)
 
     async def _handle_rooms(self, request: web.Request) -> web.Response:
+        self.listing_requests.append({"path": "/rooms", "query": list(request.query.items())})
         if not self._authorized(request):
             return _error(401, "invalid or expired management token")
-        limit = _limit(request.query.get("limit"))
-        if limit is None:
-            return _error(400, "limit must be an integer between 1 and 100")
-        enabled = request.query.get("enabled")
-        if enabled not in (None, "true", "false"):
+        query = request.query
+        enabled = query.get("enabled", "true")  # the API lists enabled rooms by default
+        if enabled not in ("true", "false"):
             return _error(400, "enabled must be true or false")
         rooms = [
-            self._rooms[r]
-            for r in self._room_order
-            if enabled is None or self._rooms[r]["enabled"] == (enabled == "true")
+            room
+            for room in (self._rooms[r] for r in self._room_order)
+            if room["enabled"] == (enabled == "true")
+            and query.get("name", room["name"]) == room["name"]
+            and query.get("template_id", room["template_id"]) == room["template_id"]
         ]
-        position = 0
-        start = request.query.get("start")
-        if start is not None:
-            ids = [r["id"] for r in rooms]
-            if start not in ids:
-                return _error(400, "invalid start")
-            position = ids.index(start) + 1
-        data = rooms[position : position + limit]
-        # ``last`` names the final room of this page; an empty page ends the listing.
-        return web.json_response(
-            {"limit": limit, "data": data, "last": data[-1]["id"] if data else ""}
-        )
+        return _listing(request, rooms)
+
+    async def _handle_sessions(self, request: web.Request) -> web.Response:
+        self.listing_requests.append({"path": "/sessions", "query": list(request.query.items())})
+        if not self._authorized(request):
+            return _error(401, "invalid or expired management token")
+        query = request.query
+        active = query.get("active", "true")  # only live sessions unless active=false
+        if active not in ("true", "false"):
+            return _error(400, "active must be true or false")
+        after = query.get("after")
+        sessions = [
+            s
+            for s in self.sessions
+            if (active == "false" or s["active"])
+            and query.get("room_id", s["room_id"]) == s["room_id"]
+            and (after is None or s["created_at"] > after)
+        ]
+        return _listing(request, sessions)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -326,6 +377,23 @@ class Simulator:
 
     def _uuid(self) -> uuid.UUID:
         return uuid.UUID(int=self._ids.getrandbits(128), version=4)
+
+
+def _listing(request: web.Request, items: Sequence[dict[str, Any]]) -> web.Response:
+    """One page of a listing: ``limit`` items after ``start`` (the previous page's ``last``)."""
+    limit = _limit(request.query.get("limit"))
+    if limit is None:
+        return _error(400, "limit must be an integer between 1 and 100")
+    position = 0
+    start = request.query.get("start")
+    if start is not None:
+        ids = [item["id"] for item in items]
+        if start not in ids:
+            return _error(400, "invalid start")
+        position = ids.index(start) + 1
+    data = list(items[position : position + limit])
+    # ``last`` names the final item of this page; an empty page ends the listing.
+    return web.json_response({"limit": limit, "data": data, "last": data[-1]["id"] if data else ""})
 
 
 @web.middleware

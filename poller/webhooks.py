@@ -10,7 +10,8 @@ from __future__ import annotations
 from poller.config import Config
 from poller.errors import UserError
 from poller.parts import open_configured_store
-from poller.report import configured_webhook, describe_state, dumps, webhook_json
+from poller.report import configured_webhook, dumps, webhook_json
+from poller.snapshot import describe_state, webhook_views
 from poller.states import DeliveryState, WebhookMode
 from poller.store.repo import WebhookRow
 from poller.timeutil import utcnow
@@ -22,22 +23,17 @@ async def list_webhooks(config: Config, *, as_json: bool = False) -> str:
     """Every webhook (configured, or with deliveries in the store) and its state."""
     now = utcnow()
     async with open_configured_store(config, apply_migrations=False) as store:
-        rows = await store.webhook_states()
-        counts = await store.outbox_counts()
-    configured = {w.name: w for w in config.webhooks}
-    names = sorted(configured.keys() | {w for w, _ in counts})
-    entries = [webhook_json(n, configured.get(n), rows.get(n), counts) for n in names]
+        views = await webhook_views(store, config)
     if as_json:
-        return dumps(entries)
+        return dumps([webhook_json(v) for v in views])
     lines = [f"{'webhook':<20} {'pending':>8} {'delivered':>10} {'dead':>6}  state"]
-    for e in entries:
+    for v in views:
         lines.append(
-            f"{e['name']:<20} {e['pending']:>8} {e['delivered']:>10} {e['dead']:>6}  "
-            f"{describe_state(e, now)}"
+            f"{v.name:<20} {v.pending:>8} {v.delivered:>10} {v.dead:>6}  {describe_state(v, now)}"
         )
-        extra = [f"url {e['url']}"] if e["url"] else ["not configured"]
-        if e["rate_limit"]:
-            extra.append(f"rate limit {e['rate_limit']:g}/s")
+        extra = [f"url {v.url}"] if v.url else ["not configured"]
+        if v.rate_limit:
+            extra.append(f"rate limit {v.rate_limit:g}/s")
         lines.append(f"{'':<20} {', '.join(extra)}")
     return "\n".join(lines)
 

@@ -134,6 +134,13 @@ def restore_logging() -> Iterator[None]:
 # --- HTTP peers ---------------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A local TCP port nothing listens on now, for a daemon's ``[server] listen``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """A client session for talking to the test servers."""

@@ -74,7 +74,7 @@ async def elapse(engine: AsyncEngine, seconds: float) -> None:
     """
     delta = dt.timedelta(seconds=seconds)
     columns = {
-        rooms: ("lease_until", "last_polled_at"),
+        rooms: ("lease_until", "last_polled_at", "discovered_at", "left_at", "retired_at"),
         deliveries: ("claimed_until", "next_attempt_at", "created_at"),
         instances: ("heartbeat_at", "started_at"),
     }

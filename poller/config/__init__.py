@@ -16,6 +16,7 @@ from poller.config.loader import (
 from poller.config.model import (
     Config,
     DeliveryConfig,
+    DiscoveryConfig,
     HmsConfig,
     LogConfig,
     PollConfig,
@@ -36,6 +37,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeliveryConfig",
+    "DiscoveryConfig",
     "HmsConfig",
     "LogConfig",
     "PollConfig",

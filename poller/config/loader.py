@@ -15,6 +15,7 @@ from poller.config.messages import Loc, Source, key_path, translate
 from poller.config.model import (
     Config,
     DeliveryConfig,
+    DiscoveryConfig,
     HmsConfig,
     LogConfig,
     PollConfig,
@@ -62,6 +63,15 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         raise translate(src, e, ConfigFile) from None
     tls = TlsLoader(src)
     hms = _hms(src, file.hms, tls)
+    discovery = DiscoveryConfig(
+        enabled=file.discovery.enabled,
+        interval=file.discovery.interval,
+        include_disabled=file.discovery.include_disabled,
+        name_prefix=file.discovery.name_prefix,
+        template_ids=_strings(src, ("discovery", "template_ids"), file.discovery.template_ids)
+        or frozenset(),
+        keep=file.discovery.keep,
+    )
     rooms = _rooms(src, file)
     poll, delivery, store = file.poll, file.delivery, file.store
     return Config(
@@ -87,12 +97,25 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
             breaker_after=delivery.breaker_after,
             probe_interval=delivery.probe_interval,
         ),
-        server=ServerConfig(*file.server.listen) if file.server else None,
+        server=(
+            ServerConfig(*file.server.listen, status_page=file.server.status_page)
+            if file.server
+            else None
+        ),
         log=LogConfig(level=file.log.level, format=file.log.format),
         rooms=rooms,
-        webhooks=_webhooks(src, file.webhooks, hms, rooms, delivery.max_concurrency, tls),
+        webhooks=_webhooks(
+            src,
+            file.webhooks,
+            hms,
+            rooms,
+            delivery.max_concurrency,
+            tls,
+            discovery=discovery.enabled,
+        ),
         shutdown_grace=file.shutdown_grace,
         instance_id=file.instance_id,
+        discovery=discovery,
     )
 
 
@@ -190,8 +213,10 @@ def _hms(src: Source, hms: HmsTable, tls: TlsLoader) -> HmsConfig:
 
 
 def _rooms(src: Source, file: ConfigFile) -> tuple[RoomConfig, ...]:
-    if not file.rooms:
-        raise src.error(("rooms",), "at least one [[rooms]] is required")
+    if not file.rooms and not file.discovery.enabled:
+        raise src.error(
+            ("rooms",), "at least one [[rooms]] is required (or [discovery] enabled = true)"
+        )
     _unique(src, [(("rooms", i, "id"), room.id) for i, room in enumerate(file.rooms)], "room id ")
     return tuple(RoomConfig(id=room.id) for room in file.rooms)
 
@@ -203,6 +228,8 @@ def _webhooks(
     rooms: tuple[RoomConfig, ...],
     max_concurrency: int,
     tls: TlsLoader,
+    *,
+    discovery: bool,
 ) -> tuple[WebhookConfig, ...]:
     if not tables:
         raise src.error(("webhooks",), "at least one [[webhooks]] is required")
@@ -228,8 +255,11 @@ def _webhooks(
         event_types = _filter(
             src, (*loc, "event_types"), t.event_types, hms.event_types, "hms.event_types"
         )
-        room_filter = _filter(
-            src, (*loc, "rooms"), t.rooms, [r.id for r in rooms], "the [[rooms]] ids"
+        # Discovered rooms are known only while running: any room id may be named then.
+        room_filter = (
+            _strings(src, (*loc, "rooms"), t.rooms)
+            if discovery
+            else _filter(src, (*loc, "rooms"), t.rooms, [r.id for r in rooms], "the [[rooms]] ids")
         )
         headers = _headers(src, (*loc, "headers"), t.headers)
         previous = _previous_secrets(src, (*loc, "previous_secrets"), t.previous_secrets)

@@ -173,9 +173,28 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    """[discovery]: which rooms of GET /rooms are polled, how often it is walked."""
+
+    enabled: bool = False
+    interval: float = 300.0
+    include_disabled: bool = False
+    name_prefix: str = ""
+    template_ids: frozenset[str] = frozenset()  # empty: every template
+    keep: float = 86400.0
+
+    def wants(self, name: str, template_id: str) -> bool:
+        """Whether a listed room of this name and template is to be polled."""
+        return name.startswith(self.name_prefix) and (
+            not self.template_ids or template_id in self.template_ids
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str
     port: int
+    status_page: bool = True  # GET /: the read-only HTML status page
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,3 +262,4 @@ class Config:
     webhooks: tuple[WebhookConfig, ...]
     shutdown_grace: float
     instance_id: str | None  # None: hostname:pid
+    discovery: DiscoveryConfig = DiscoveryConfig()

@@ -207,6 +207,7 @@ WebhookName = Annotated[
     str, PlainValidator(_webhook_name), _string(f"^{_WEBHOOK_NAME.pattern}$"), _WEBHOOK_NAME_COLUMN
 ]
 RoomId = Annotated[str, _ROOM_ID.validator(), _string(r"\S"), _ROOM_ID, Items("room ids")]
+TemplateId = Annotated[str, PlainValidator(_text), _string(r"\S"), Items("template ids")]
 InstanceId = Annotated[str, _INSTANCE_ID.validator(), _string(r"\S"), _INSTANCE_ID]
 EventType = Annotated[str, _EVENT_TYPE.validator(), _string(r"\S"), _EVENT_TYPE, Items("strings")]
 # For editors, the controls; the loader also refuses invisible characters and blanks around.
@@ -222,6 +223,9 @@ RequestTimeout = Annotated[float, *_duration(allow_zero=False, maximum=_HOUR)]
 Interval = Annotated[float, *_duration(allow_zero=False, maximum=_DAY)]
 # The rooms of an instance that stopped wait this long: a few intervals, never weeks.
 LeaseTtl = Annotated[float, *_duration(allow_zero=False, maximum=7 * _DAY)]
+DiscoveryInterval = Annotated[float, *_duration(allow_zero=False, maximum=_DAY)]
+# Longer than the API keeps events (30 days) would poll a room that can hold nothing new.
+Keep = Annotated[float, *_duration(allow_zero=True, maximum=30 * _DAY)]
 RetryDelay = Annotated[
     float,
     *_duration(allow_zero=True, maximum=30 * _DAY),
@@ -318,6 +322,26 @@ class PollTable(_Table):
     """Events per page."""
 
 
+class DiscoveryTable(_Table):
+    """Poll the app's rooms as GET /rooms lists them, not only [[rooms]]."""
+
+    enabled: bool = False
+    """true: rooms are found by walking GET /rooms; [[rooms]] may then be empty."""
+    interval: DiscoveryInterval = Field("5m", validate_default=True)
+    """How often GET /rooms is walked."""
+    include_disabled: bool = False
+    """true: rooms with enabled = false are polled too."""
+    name_prefix: str = ""
+    """Only rooms whose name starts with this ("" : every name)."""
+    template_ids: Annotated[list[TemplateId], Field(json_schema_extra={"uniqueItems": True})] = (
+        Field(default_factory=list)
+    )
+    """Only rooms of these templates ([]: every template)."""
+    keep: Keep = Field("24h", validate_default=True)
+    """A room that leaves the listing is still polled this long (its last recordings may
+    still arrive), then retired."""
+
+
 class StoreTable(_Table):
     """Where seen events and owed deliveries are kept."""
 
@@ -347,10 +371,13 @@ class DeliveryTable(_Table):
 
 
 class ServerTable(_Table):
-    """/healthz, /readyz and /metrics; omit the table to disable them."""
+    """/healthz, /readyz, /metrics and the status page; omit the table to disable them."""
 
     listen: Listen = Field("127.0.0.1:9464", validate_default=True)
     """host:port or [v6-address]:port."""
+    status_page: bool = True
+    """true: GET / serves a read-only HTML page of rooms, webhooks and the latest deliveries
+    (no secrets, no scripts); false: GET / is 404."""
 
 
 class LogTable(_Table):
@@ -423,6 +450,7 @@ class ConfigFile(_Table):
     store: StoreTable = Field(default_factory=StoreTable)
     delivery: DeliveryTable = Field(default_factory=DeliveryTable)
     server: ServerTable | None = None
+    discovery: DiscoveryTable = Field(default_factory=DiscoveryTable)
     log: LogTable = Field(default_factory=LogTable)
     rooms: list[RoomTable] = Field(default_factory=list)
     """The rooms to poll ([[rooms]]); at least one."""

@@ -20,9 +20,10 @@ __all__ = ["describe"]
 _MAX_ROOMS_SHOWN = 10
 
 
-def _listen(server: ServerConfig) -> str:
+def _server(server: ServerConfig) -> str:
     host = f"[{server.host}]" if ":" in server.host else server.host
-    return f"{host}:{server.port}"
+    page = "status page at /" if server.status_page else "no status page"
+    return f"{host}:{server.port} (/healthz, /readyz, /metrics; {page})"
 
 
 def _certificate(info: CertificateInfo | None, now: dt.datetime) -> str:
@@ -121,12 +122,13 @@ def describe(config: Config, now: dt.datetime | None = None) -> str:
         f"backfill {'on' if poll.backfill else 'off'}, "
         f"up to {poll.max_concurrency} concurrent requests, "
         f"room leases {format_duration(poll.lease_ttl)}",
+        f"discovery:   {_discovery(config)}",
         f"API budget:  {_budget(config)}",
         f"store:       {config.store.masked_url()}",
         f"delivery:    timeout {format_duration(delivery.timeout)}, {retries}; "
         f"breaker after {format_duration(delivery.breaker_after)} of failures, "
         f"probe every {format_duration(delivery.probe_interval)}",
-        f"server:      {_listen(config.server) if config.server else 'disabled'}",
+        f"server:      {_server(config.server) if config.server else 'disabled'}",
         f"log:         level {config.log.level}, format {config.log.format}",
         f"shutdown:    grace {format_duration(config.shutdown_grace)}; "
         f"instance id {config.instance_id or '<hostname>:<pid>'}",
@@ -151,9 +153,26 @@ def _budget(config: Config) -> str:
         f"{asked:.3g}/s at one page a poll ({asked / budget:.0%} of it; a room with more "
         "events than a page asks a request per page)"
     )
+    if config.discovery.enabled:
+        text += f"; each room discovery finds adds {1 / interval:.3g}/s"
     if asked > budget:
         text += (
             f"; over the budget: polls wait their turn, each room about every "
             f"{format_duration(rooms / budget)}"
         )
     return text
+
+
+def _discovery(config: Config) -> str:
+    d = config.discovery
+    if not d.enabled:
+        return "off (only [[rooms]])"
+    which = ["enabled and disabled rooms" if d.include_disabled else "enabled rooms"]
+    if d.name_prefix:
+        which.append(f"named {d.name_prefix!r}...")
+    if d.template_ids:
+        which.append(f"of templates {', '.join(sorted(d.template_ids))}")
+    return (
+        f"GET /rooms every {format_duration(d.interval)}: {', '.join(which)}; "
+        f"a room that leaves the listing is polled {format_duration(d.keep)} more"
+    )

@@ -1,4 +1,5 @@
-"""The 100ms analytics events API: paging through one query, with retries and backoff."""
+"""The 100ms API: paging through one events query, and the rooms and sessions listings,
+with retries and backoff."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -19,6 +20,7 @@ import structlog.typing
 from poller import backoff
 from poller.budget import RequestBudget
 from poller.config.model import DIRECT, Route
+from poller.hms.listing import ListingPage, RoomInfo, SessionInfo, parse_rooms, parse_sessions
 from poller.hms.page import MalformedPage, Page, parse_page
 from poller.hms.token import TokenProvider
 from poller.net import connection_failure, proxy_options, proxy_refusal
@@ -27,6 +29,10 @@ from poller.timeutil import parse_retry_after
 __all__ = ["ApiError", "HmsClient", "Page", "WalkLimits"]
 
 EVENTS_PATH = "/analytics/events"
+ROOMS_PATH = "/rooms"
+SESSIONS_PATH = "/sessions"
+LISTING_LIMIT = 100  # items per listing page, the API's most
+T = TypeVar("T")
 _MAX_DETAIL = 200  # chars of an API error message worth keeping
 
 
@@ -87,7 +93,7 @@ class HmsClient:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._session = session
-        self._url = base_url.rstrip("/") + EVENTS_PATH
+        self._base = base_url.rstrip("/")
         self._https = base_url[:8].lower() == "https://"
         # [hms] ca_file's context (or True: the system's CAs) and the proxy, both from load.
         self._ssl = ssl_context
@@ -146,22 +152,82 @@ class HmsClient:
             "in one walk (poll.max_pages)"
         )
 
+    async def rooms(self, *, enabled: bool) -> AsyncIterator[RoomInfo]:
+        """Every room of the app with this ``enabled`` flag (``GET /rooms``, every page)."""
+        query = [("enabled", "true" if enabled else "false")]
+        async for page in self._listing(ROOMS_PATH, query, parse_rooms):
+            for room in page.data or ():
+                yield room
+
+    async def sessions(
+        self, *, active: bool, after: str | None = None
+    ) -> AsyncIterator[SessionInfo]:
+        """The app's sessions, live (``active``) or all of them created after ``after``
+        (an RFC 3339 time) when not (``GET /sessions``, every page)."""
+        query = [("active", "true" if active else "false")]
+        if after is not None:
+            query.append(("after", after))
+        async for page in self._listing(SESSIONS_PATH, query, parse_sessions):
+            for session in page.data or ():
+                yield session
+
+    async def _listing(
+        self,
+        path: str,
+        query: list[tuple[str, str]],
+        parse: Callable[[bytes], ListingPage[T]],
+    ) -> AsyncIterator[ListingPage[T]]:
+        """Every page of a listing: ``start`` is the previous page's ``last``, until a page
+        comes back empty (fewer items than asked is not documented as the end)."""
+        start: str | None = None
+        seen: set[str] = set()
+        for _ in range(self._limits.max_pages):
+            params = [*query, ("limit", str(LISTING_LIMIT))]
+            if start is not None:
+                params.append(("start", start))
+            page = await self._get(path, params, parse, f"GET {path}")
+            yield page
+            if not page.data or not page.last:
+                return
+            if page.last in seen:
+                raise ApiError(f"GET {path}: the API repeated a cursor")
+            seen.add(page.last)
+            start = page.last
+        raise ApiError(f"GET {path}: more than {self._limits.max_pages} pages (poll.max_pages)")
+
     async def _get_page(self, room_id: str, params: list[tuple[str, str]]) -> Page:
-        """Fetch one page, retrying transient failures; raise ApiError when it cannot."""
+        """Fetch one page of events, retrying transient failures; ApiError when it cannot."""
+        return await self._get(
+            EVENTS_PATH,
+            params,
+            functools.partial(parse_page, max_events=self._limits.max_page_events),
+            f"GET {EVENTS_PATH} for room {room_id}",
+            room_id=room_id,
+        )
+
+    async def _get(
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        parse: Callable[[bytes], T],
+        where: str,
+        **context: str,
+    ) -> T:
+        """GET ``path`` and parse it, retrying transient failures; raise ApiError when it
+        cannot. ``where`` names the request in errors, ``context`` in log events."""
         failures = 0
         reauthorized = False
         while True:
             token = self._tokens.token()
-            outcome = await self._try_once(room_id, params, token)
-            if isinstance(outcome, Page):
+            outcome = await self._try_once(path, params, token, parse, where)
+            if not isinstance(outcome, _Failure):
                 return outcome
-            where = f"GET {EVENTS_PATH} for room {room_id}"
             if outcome.status in (401, 403):
                 if reauthorized:
                     raise ApiError(f"{where}: {outcome.reason}", outcome.status)
                 # The token may have been revoked or the clocks disagree: one fresh token
                 # deserves one immediate try, which is not a transient failure to count.
-                self._log.warning("hms.reauthorize", room_id=room_id, status=outcome.status)
+                self._log.warning("hms.reauthorize", **context, status=outcome.status)
                 self._tokens.invalidate()
                 reauthorized = True
                 continue
@@ -173,7 +239,7 @@ class HmsClient:
             delay = self._delay(failures, outcome.retry_after)
             self._log.warning(
                 "hms.retry",
-                room_id=room_id,
+                **context,
                 status=outcome.status,
                 reason=outcome.reason,
                 attempt=failures,
@@ -182,16 +248,22 @@ class HmsClient:
             await asyncio.sleep(delay)
 
     async def _try_once(
-        self, room_id: str, params: list[tuple[str, str]], token: str
-    ) -> Page | _Failure:
-        """Make one request: a Page, a failure worth retrying, or ApiError for a refusal."""
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        token: str,
+        parse: Callable[[bytes], T],
+        where: str,
+    ) -> T | _Failure:
+        """Make one request: its parsed body, a failure worth retrying, or ApiError for a
+        refusal."""
         started = time.perf_counter()
         try:
-            status, headers, body = await self._request(params, token)
+            status, headers, body = await self._request(path, params, token)
         except _TooLarge:
             self._on_response("error", time.perf_counter() - started)
             raise ApiError(
-                f"GET {EVENTS_PATH} for room {room_id}: response larger than "
+                f"{where}: response larger than "
                 f"{self._limits.max_page_bytes} bytes (poll.max_page_bytes)"
             ) from None
         except aiohttp.ClientError as exc:
@@ -206,7 +278,7 @@ class HmsClient:
             return _Failure(refused, status)
         if 200 <= status < 300:
             try:
-                return parse_page(body, max_events=self._limits.max_page_events)
+                return parse(body)
             except MalformedPage as exc:
                 return _Failure(f"malformed page ({exc})", status)
         detail = _describe(status, body, functools.partial(self._mask, token))
@@ -214,14 +286,14 @@ class HmsClient:
             return _Failure(detail, status, parse_retry_after(headers.get("Retry-After")))
         if status in (401, 403) or status >= 500:
             return _Failure(detail, status)
-        raise ApiError(f"GET {EVENTS_PATH} for room {room_id}: {detail}", status)
+        raise ApiError(f"{where}: {detail}", status)
 
     def _mask(self, token: str, text: str) -> str:
         """``text`` without the token used and without any configured secret."""
         return self._redact(text.replace(token, "***") if token else text)
 
     async def _request(
-        self, params: list[tuple[str, str]], token: str
+        self, path: str, params: list[tuple[str, str]], token: str
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One HTTP GET, holding the limiter only while it is on the wire."""
         if self._budget is not None:
@@ -229,7 +301,7 @@ class HmsClient:
         async with (
             self._limiter,
             self._session.get(
-                self._url,
+                self._base + path,
                 params=params,
                 headers={**self._via.headers, "Authorization": f"Bearer {token}"},
                 timeout=self._timeout,

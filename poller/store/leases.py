@@ -22,6 +22,7 @@ class RoomLease:
     room_id: str
     first_polled_at: dt.datetime | None  # None: the room is in its first-poll phase
     failed_walks: int = 0  # walks that failed in a row before this one
+    backfill: bool = False  # everything in it is new (discovered after discovery began)
 
 
 class Leases(StoreBase):
@@ -116,9 +117,12 @@ class Leases(StoreBase):
                 lease_until=self._after(now, ttl),
                 last_polled_at=self._at(now),
             )
-            .returning(rooms.c.id, rooms.c.first_polled_at, rooms.c.failed_walks)
+            .returning(rooms.c.id, rooms.c.first_polled_at, rooms.c.failed_walks, rooms.c.backfill)
         )
-        return {row.id: RoomLease(row.id, row.first_polled_at, row.failed_walks) for row in result}
+        return {
+            row.id: RoomLease(row.id, row.first_polled_at, row.failed_walks, bool(row.backfill))
+            for row in result
+        }
 
     def _release(self, now: dt.datetime, cooldown: float) -> Update:
         return (

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     true,
 )
 from sqlalchemy.types import TypeDecorator
@@ -93,6 +94,15 @@ rooms = Table(
     Column("failed_walks", Integer, nullable=False, server_default="0"),
     Column("lease_owner", String(255), nullable=True),
     Column("lease_until", UTCDateTime(), nullable=True),
+    # Discovery ([discovery]): set when GET /rooms first listed the room (None: a room
+    # only of the config); when it left the listing (None: listed, or never discovered);
+    # when it was retired, ``keep`` after leaving (no longer polled).
+    Column("discovered_at", UTCDateTime(), nullable=True),
+    Column("left_at", UTCDateTime(), nullable=True),
+    Column("retired_at", UTCDateTime(), nullable=True),
+    # True for a room discovered after discovery's first listing: it was created while
+    # poller watched the app, so everything in it is new (delivered without poll.backfill).
+    Column("backfill", Boolean, nullable=False, server_default=false()),
 )
 
 # Live poller instances sharing this store; rooms are spread over them.

@@ -367,16 +367,29 @@ class Outbox(StoreBase):
             )
             return {(w, s): int(n) for w, s, n in rows}
 
-    @translated
     async def oldest_pending(self, webhooks: Sequence[str] | None = None) -> dt.datetime | None:
         """Creation time of the oldest delivery still owed (to one of ``webhooks``: an
         orphaned webhook's deliveries wait for it to return, they are not late)."""
-        query = select(func.min(deliveries.c.created_at)).where(deliveries.c.state == PENDING)
-        if webhooks is not None:
-            query = query.where(deliveries.c.webhook.in_(webhooks))
+        oldest = await self.oldest_pending_by_webhook()
+        return min(
+            (when for name, when in oldest.items() if webhooks is None or name in webhooks),
+            default=None,
+        )
+
+    @translated
+    async def oldest_pending_by_webhook(self) -> dict[str, dt.datetime]:
+        """Creation time of each webhook's oldest delivery still owed (none: not listed)."""
         async with self._engine.connect() as conn:
-            value = await conn.scalar(query)
-        return aware(value)
+            rows = await conn.execute(
+                select(deliveries.c.webhook, func.min(deliveries.c.created_at))
+                .where(deliveries.c.state == PENDING)
+                .group_by(deliveries.c.webhook)
+            )
+            oldest: dict[str, dt.datetime] = {}
+            for webhook, value in rows:
+                if (when := aware(value)) is not None:  # a group's min is never null
+                    oldest[webhook] = when
+            return oldest
 
     @translated
     async def purge_webhook(self, webhook: str, *, batch: int = 1000) -> int:

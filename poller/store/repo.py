@@ -2,12 +2,13 @@
 
 One class, ``Store``, made of one part per concern, each in its own module:
 seen events (``seen``), rooms and instances (``leases``), the outbox (``outbox``),
-webhooks' delivery states (``webhooks``).
+webhooks' delivery states (``webhooks``), discovered rooms (``discovered``).
 """
 
 from __future__ import annotations
 
 from poller.store.base import store_error
+from poller.store.discovered import DiscoveredRooms, Listing
 from poller.store.leases import Leases, RoomLease
 from poller.store.outbox import (
     AttemptRecord,
@@ -28,6 +29,7 @@ __all__ = [
     "DeliveryFilter",
     "DeliveryRow",
     "EventFilter",
+    "Listing",
     "PageOutcome",
     "RoomLease",
     "Store",
@@ -37,5 +39,5 @@ __all__ = [
 ]
 
 
-class Store(SeenEvents, Leases, Outbox, WebhookStates):
+class Store(SeenEvents, Leases, Outbox, WebhookStates, DiscoveredRooms):
     """Every operation the daemon and its commands make on the database."""

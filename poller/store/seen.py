@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, delete, exists, select
+from sqlalchemy import bindparam, delete, exists, func, select
 
 from poller.events import Event
 from poller.store.base import DELIVERED, PENDING, StoreBase, translated
@@ -118,6 +118,15 @@ class SeenEvents(StoreBase):
                 for room_id, event_id in result:
                     known[room_id].add(event_id)
         return known
+
+    @translated
+    async def event_counts(self) -> dict[str, int]:
+        """How many events the store holds per room (seen within the retention)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(events.c.room_id, func.count()).group_by(events.c.room_id)
+            )
+            return {room: int(n) for room, n in rows}
 
     @translated
     async def prune(self, *, seen_before: dt.datetime, batch: int = 1000) -> int:

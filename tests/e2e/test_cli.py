@@ -370,3 +370,5 @@ def test_demo_delivers_everything() -> None:
     assert summary.group(1) == summary.group(2)
     assert int(summary.group(2)) > 0
     assert "0 with an invalid signature" in result.stdout
+    # A room created while it runs is found by discovery; its recording arrives.
+    assert re.search(r"recordings +event \w+ +demo-room-new attempt 1 .* delivered", result.stdout)

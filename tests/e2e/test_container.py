@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from poller.receiver import Receiver
 from poller.simulator import Simulator
-from tests.conftest import ConfigWriter, daemon_config
+from tests.conftest import ConfigWriter, daemon_config, free_port
 
 IMAGE = os.environ.get("POLLER_CONTAINER_IMAGE", "")
 pytestmark = [
@@ -40,12 +39,6 @@ def podman(*args: str, check: bool = True, stderr: bool = False) -> str:
     if check and result.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)}: {result.stderr}")
     return (result.stdout + (result.stderr if stderr else "")).strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def healthz(port: int, timeout: float) -> int:

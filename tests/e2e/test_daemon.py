@@ -75,6 +75,18 @@ async def wait_log(
     await eventually(lambda: any(predicate(e) for e in daemon.events()), timeout, what)
 
 
+async def wait_dead(daemon: DaemonProcess, event_ids: set[str], what: str) -> None:
+    """Wait until the daemon logged a dead delivery of each of ``event_ids``."""
+    left = set(event_ids)
+
+    def all_dead(log: dict[str, Any]) -> bool:
+        if log.get("event") == "delivery_attempt" and log.get("outcome") == "dead":
+            left.discard(log.get("event_id", ""))
+        return not left
+
+    await wait_log(daemon, all_dead, what, 15)
+
+
 def polled_ok(room_id: str) -> Callable[[dict[str, Any]], bool]:
     """A complete poll of ``room_id``."""
 

@@ -23,10 +23,16 @@ from standardwebhooks import Webhook
 from poller.receiver import Receiver
 from poller.signing import SigningKey
 from poller.simulator import Simulator
-from tests.conftest import ConfigWriter, DaemonProcess, daemon_config
+from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, free_port
 from tests.e2e.test_cli import assert_one_line_error
-from tests.e2e.test_daemon import Daemons, Event, poller_cli, wait_delivered, wait_log
-from tests.e2e.test_store_faults import free_port
+from tests.e2e.test_daemon import (
+    Daemons,
+    Event,
+    poller_cli,
+    wait_dead,
+    wait_delivered,
+    wait_log,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -78,14 +84,7 @@ async def filled(
     events = [simulator.add_event(room) for room in ("room-a", "room-a", "room-b")]
     daemon = await daemons(config).start()
     await wait_delivered(receiver, {("all", e["id"]) for e in events}, daemon)
-    dead = {e["id"] for e in events}
-
-    def all_dead(log: dict[str, Any]) -> bool:
-        if log.get("event") == "delivery_attempt" and log.get("outcome") == "dead":
-            dead.discard(log.get("event_id", ""))
-        return not dead
-
-    await wait_log(daemon, all_dead, "every delivery to 'filtered' to die", 15)
+    await wait_dead(daemon, {e["id"] for e in events}, "every delivery to 'filtered' to die")
     receiver.heal("filtered")
     yield Filled(daemon, config, receiver, events)
     assert await daemon.stop() == 0
@@ -339,7 +338,15 @@ def test_gen_secret_prints_a_fresh_standard_webhooks_secret() -> None:
 
 async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
     status = await filled.json("status")
-    assert set(status) == {"store", "schema", "instances", "rooms", "webhooks", "oldest_pending_at"}
+    assert set(status) == {
+        "store",
+        "schema",
+        "instances",
+        "rooms",
+        "retired_rooms",
+        "webhooks",
+        "oldest_pending_at",
+    }
     assert status["schema"] is not None
     (instance,) = status["instances"]  # the running daemon
     assert set(instance) == {"id", "started_at", "heartbeat_at"}
@@ -355,7 +362,11 @@ async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
             "last_error",
             "failed_walks",
             "lease_owner",
+            "origin",
+            "discovered_at",
+            "left_at",
         }
+        assert room["origin"] == "config"
         assert room["polled"] is True
         assert room["last_error"] is None
         assert room["first_polled_at"] is not None

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,17 +28,11 @@ import pytest
 
 from poller.receiver import Receiver
 from poller.simulator import Simulator
-from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, refused_start
+from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, free_port, refused_start
 
 pytestmark = pytest.mark.e2e
 
 ROOMS = ["room-1", "room-2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

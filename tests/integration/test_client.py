@@ -587,3 +587,73 @@ async def test_every_request_and_retry_takes_a_turn_of_the_budget(
     # Spaced by the budget (unbudgeted, they come a millisecond apart), give or take the
     # jitter of a local connection.
     assert min(gaps) >= 1 / rate - 0.01
+
+
+# -- listings: rooms and sessions ---------------------------------------------------------
+
+
+async def test_rooms_walks_every_page_of_the_listing(
+    sim: Simulator, make_client: MakeClient
+) -> None:
+    for n in range(250):
+        sim.add_room(f"room-{n:03}", enabled=n % 50 != 0)
+    client = make_client()
+
+    enabled = [room async for room in client.rooms(enabled=True)]
+    disabled = [room async for room in client.rooms(enabled=False)]
+
+    assert len(enabled) == 245
+    assert [r.id for r in disabled] == [f"room-{n:03}" for n in range(0, 250, 50)]
+    assert not any(r.enabled for r in disabled)
+    # 100 a page, until a page comes back empty.
+    walks = [dict(r["query"]) for r in sim.listing_requests if r["path"] == "/rooms"]
+    assert [(q["enabled"], q.get("start")) for q in walks] == [
+        ("true", None),
+        ("true", enabled[99].id),
+        ("true", enabled[199].id),
+        ("true", enabled[244].id),
+        ("false", None),
+        ("false", disabled[-1].id),
+    ]
+    assert all(q["limit"] == "100" for q in walks)
+
+
+async def test_sessions_lists_live_or_recent_ones(sim: Simulator, make_client: MakeClient) -> None:
+    ended = sim.start_session("r1")
+    live = sim.start_session("r2")
+    sim.end_session(ended)
+    client = make_client()
+
+    assert [s.id async for s in client.sessions(active=True)] == [live]
+    every = [s async for s in client.sessions(active=False, after="2000-01-01T00:00:00Z")]
+    assert [(s.id, s.room_id, s.active) for s in every] == [
+        (ended, "r1", False),
+        (live, "r2", True),
+    ]
+    assert ("after", "2000-01-01T00:00:00Z") in sim.listing_requests[-1]["query"]
+
+
+async def test_a_listing_that_repeats_its_cursor_is_an_error(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    async def rooms(_request: web.Request) -> web.Response:
+        return web.json_response({"limit": 100, "data": [{"id": "a"}], "last": "a"})
+
+    app = web.Application()
+    app.router.add_get("/rooms", rooms)
+    client = make_client(base_url=await serve(app))
+    with pytest.raises(ApiError, match="repeated a cursor"):
+        _ = [room async for room in client.rooms(enabled=True)]
+
+
+async def test_a_listing_page_that_is_no_listing_is_retried_then_an_error(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    async def rooms(_request: web.Request) -> web.Response:
+        return web.json_response({"limit": 100, "data": "oops", "last": ""})
+
+    app = web.Application()
+    app.router.add_get("/rooms", rooms)
+    client = make_client(base_url=await serve(app), max_attempts=2)
+    with pytest.raises(ApiError, match=r"GET /rooms failed after 2 attempts: malformed page"):
+        _ = [room async for room in client.rooms(enabled=True)]

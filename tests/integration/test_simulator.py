@@ -99,7 +99,12 @@ async def test_bad_credentials_get_401(
     assert status == 401
     assert body["code"] == 401
     assert set(body) == {"code", "message", "details"}
-    assert sim.requests == [{"query": [("room_id", ROOM)], "authorized": False, "status": 401}]
+    (record,) = sim.requests
+    assert {k: v for k, v in record.items() if k != "at"} == {
+        "query": [("room_id", ROOM)],
+        "authorized": False,
+        "status": 401,
+    }
 
 
 async def test_rooms_need_auth_too(sim: Simulator, session: aiohttp.ClientSession) -> None:
@@ -363,3 +368,49 @@ async def test_rooms_are_listed_page_by_page(
     assert all(r["enabled"] for r in first["data"])
     status, _ = await get(session, sim, [*base, ("start", "nope")], path="/rooms")
     assert status == 400
+
+
+async def test_rooms_are_enabled_by_default_and_filter_by_name_and_template(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    sim.add_room("on", name="class-1", template_id="t1")
+    sim.add_room("off", name="class-2", enabled=False)
+    sim.add_room("other", name="class-3", template_id="t2")
+
+    _, listed = await get(session, sim, [], path="/rooms")
+    assert [r["id"] for r in listed["data"]] == ["on", "other"]
+    _, disabled = await get(session, sim, [("enabled", "false")], path="/rooms")
+    assert [r["id"] for r in disabled["data"]] == ["off"]
+    _, named = await get(session, sim, [("name", "class-3")], path="/rooms")
+    assert [r["id"] for r in named["data"]] == ["other"]
+    _, of_t1 = await get(session, sim, [("template_id", "t1")], path="/rooms")
+    assert [r["id"] for r in of_t1["data"]] == ["on"]
+    sim.set_room("on", enabled=False)
+    _, listed = await get(session, sim, [], path="/rooms")
+    assert [r["id"] for r in listed["data"]] == ["other"]
+
+
+async def test_sessions_are_live_by_default_and_all_with_active_false(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    ended = sim.start_session("r1")
+    live = sim.start_session("r2")
+    sim.end_session(ended)
+
+    _, only_live = await get(session, sim, [], path="/sessions")
+    assert [(s["id"], s["active"]) for s in only_live["data"]] == [(live, True)]
+    _, every = await get(session, sim, [("active", "false"), ("limit", "1")], path="/sessions")
+    assert [s["id"] for s in every["data"]] == [ended]
+    _, rest = await get(
+        session,
+        sim,
+        [("active", "false"), ("limit", "1"), ("start", every["last"])],
+        path="/sessions",
+    )
+    assert [s["id"] for s in rest["data"]] == [live]
+    _, of_r2 = await get(session, sim, [("active", "false"), ("room_id", "r2")], path="/sessions")
+    assert [s["room_id"] for s in of_r2["data"]] == ["r2"]
+    sim.sessions[0]["created_at"] = "2026-01-01T00:00:00.000Z"  # long before the other
+    created = "2026-01-01T00:00:00.000Z"
+    _, later = await get(session, sim, [("active", "false"), ("after", created)], path="/sessions")
+    assert [s["id"] for s in later["data"]] == [live]

@@ -17,6 +17,7 @@ from poller.config import (
     DEFAULT_CONFIG_PATH,
     Config,
     DeliveryConfig,
+    DiscoveryConfig,
     HmsConfig,
     LogConfig,
     PollConfig,
@@ -149,6 +150,7 @@ probe_interval = "1m"
 
 [server]
 listen = "[::1]:9100"
+status_page = false
 
 [log]
 level = "DEBUG"
@@ -229,7 +231,7 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
             breaker_after=3600.0,
             probe_interval=60.0,
         ),
-        server=ServerConfig(host="::1", port=9100),
+        server=ServerConfig(host="::1", port=9100, status_page=False),
         log=LogConfig(level="debug", format="json"),
         rooms=(RoomConfig("room-a"), RoomConfig("room-b")),
         webhooks=(
@@ -307,7 +309,14 @@ def test_webhook_max_concurrency_defaults_to_delivery_setting(tmp_path: Path) ->
 
 def test_server_table_without_listen_uses_default_address(tmp_path: Path) -> None:
     config = load(tmp_path, toml(tables="[server]\n"))
-    assert config.server == ServerConfig(host="127.0.0.1", port=9464)
+    assert config.server == ServerConfig(host="127.0.0.1", port=9464, status_page=True)
+
+
+def test_status_page_is_on_by_default_and_check_config_says_so(tmp_path: Path) -> None:
+    text = describe(load(tmp_path, toml(tables="[server]\n")))
+    assert "server:      127.0.0.1:9464 (/healthz, /readyz, /metrics; status page at /)" in text
+    off = load(tmp_path, toml(tables="[server]\nstatus_page = false\n"))
+    assert off.server == ServerConfig(host="127.0.0.1", port=9464, status_page=False)
 
 
 def test_empty_retry_schedule_means_one_attempt(tmp_path: Path) -> None:
@@ -871,6 +880,30 @@ ERROR_CASES = [
         id="secret-inline-and-file",
     ),
     # rooms
+    pytest.param(
+        toml(tables='[discovery]\ninterval = "0s"\n'),
+        "discovery.interval",
+        "greater than 0",
+        id="discovery-interval-zero",
+    ),
+    pytest.param(
+        toml(tables='[discovery]\nkeep = "745h"\n'),
+        "discovery.keep",
+        "must be from 0s to 720h (30 days), got '745h'",
+        id="discovery-keep-too-long",
+    ),
+    pytest.param(
+        toml(tables='[discovery]\ntemplate_ids = ["t1", "t2", "t1"]\n'),
+        "discovery.template_ids[2]",
+        "duplicate 't1'",
+        id="discovery-template-twice",
+    ),
+    pytest.param(
+        toml(tables="[discovery]\nenabeld = true\n"),
+        "discovery.enabeld",
+        "did you mean 'enabled'",
+        id="discovery-typo",
+    ),
     pytest.param(toml(rooms=""), "rooms", "at least one [[rooms]] is required", id="no-rooms"),
     pytest.param(
         toml(top="rooms = []", rooms=""),
@@ -1181,6 +1214,24 @@ ERROR_CASES = [
         "server.listen",
         "expected a string, got an integer",
         id="listen-int",
+    ),
+    pytest.param(
+        toml(tables='[server]\nstatus_page = "yes"\n'),
+        "server.status_page",
+        "expected a boolean",
+        id="status-page-string",
+    ),
+    pytest.param(
+        toml(tables="[server]\nstatus_page = 1\n"),
+        "server.status_page",
+        "expected a boolean",
+        id="status-page-int",
+    ),
+    pytest.param(
+        toml(tables="[server]\nstatus-page = true\n"),
+        "server.status-page",
+        "status_page",
+        id="status-page-typo",
     ),
     pytest.param(
         toml(webhooks=WEBHOOK + 'headers = { "X-Api" = ["1"] }\n'),
@@ -1621,7 +1672,7 @@ def test_describe(tmp_path: Path) -> None:
     assert "every 1m, page size 50, backfill off" in text
     assert "postgresql+asyncpg://poller:***@db.example.com:5432/poller" in text
     assert "timeout 2.5s, retries after 250ms, 30s, 1h (up to 4 attempts)" in text
-    assert "server:      [::1]:9100" in text
+    assert "server:      [::1]:9100 (/healthz, /readyz, /metrics; no status page)" in text
     assert "rooms (2):   room-a, room-b" in text
     assert "recordings: https://example.com:443\n" in text
     assert "event types: beam.recording.success; rooms: room-a" in text
@@ -1736,3 +1787,29 @@ def test_every_event_type_the_api_serves_and_extra_ones_are_accepted(tmp_path: P
     assert config.hms.extra_event_types == ("room.future.event",)
     (webhook,) = config.webhooks
     assert webhook.event_types == {"room.future.event", "client.disconnected"}
+
+
+def test_discovery_needs_no_rooms_and_lets_webhooks_name_any_room(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        toml(
+            tables='[discovery]\nenabled = true\nname_prefix = "class-"\n'
+            'template_ids = ["t1"]\nkeep = "2h"\n',
+            rooms="",
+            webhooks=WEBHOOK + 'rooms = ["found-later"]\n',
+        ),
+    )
+    assert config.rooms == ()
+    assert config.discovery == DiscoveryConfig(
+        enabled=True, name_prefix="class-", template_ids=frozenset({"t1"}), keep=7200.0
+    )
+    assert config.discovery.wants("class-7", "t1")
+    assert not config.discovery.wants("lobby", "t1")
+    assert not config.discovery.wants("class-7", "t2")
+    (webhook,) = config.webhooks
+    assert webhook.rooms == {"found-later"}
+    text = describe(config)
+    assert (
+        "discovery:   GET /rooms every 5m: enabled rooms, named 'class-'..., of templates t1; "
+        "a room that leaves the listing is polled 2h more" in text
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import cast
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -102,7 +103,9 @@ class FakeStore:
     async def failing_rooms(self, *, after: int) -> int:
         return 4
 
-    async def oldest_pending(self) -> dt.datetime | None:
+    async def oldest_pending(self, webhooks: Sequence[str] | None = None) -> dt.datetime | None:
+        assert webhooks is not None  # an orphaned webhook's deliveries are not late
+        assert "removed" not in webhooks
         return utcnow() - dt.timedelta(seconds=60)
 
     async def webhook_states(self) -> dict[str, WebhookRow]:
