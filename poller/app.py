@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import structlog
+import structlog.typing
 
 from poller import __version__
 from poller.config import Config
@@ -21,6 +22,7 @@ from poller.errors import ConfigError, InstanceIdInUse, UserError
 from poller.parts import Parts, build, open_configured_store
 from poller.sdnotify import Notifier
 from poller.store.runlock import StoreInUse, run_lock, sqlite_file
+from poller.timeutil import utcnow
 
 __all__ = ["Daemon", "run"]
 
@@ -81,6 +83,7 @@ class Daemon:
                 webhooks=len(config.webhooks),
                 store=config.store.masked_url(),
             )
+            _warn_expired_certificates(self.log, config)
             await _until_done_or_stopped(worker_task, self.stopping)
             if worker_task.done() and not self.stopping.is_set():
                 worker_task.result()  # the loop only ends on a bug: surface it
@@ -143,6 +146,26 @@ class Daemon:
             # Ping only while both halves live; systemd restarts us otherwise.
             if all(check.ok for check in self.parts.health.live()):
                 self.notifier.watchdog()
+
+
+def _warn_expired_certificates(log: structlog.typing.FilteringBoundLogger, config: Config) -> None:
+    """One warning per expired CA or client certificate in use: every TLS handshake that
+    relies on it fails, and the attempt log only says what the peer made of that."""
+    now = utcnow()
+    peers = [("hms", config.hms.tls), *((f"webhook {w.name}", w.tls) for w in config.webhooks)]
+    for peer, tls in peers:
+        found = [("client_cert", tls.client_cert, tls.certificate)]
+        found.extend(("ca_file", tls.ca_file, info) for info in tls.ca_certificates)
+        for key, path, info in found:
+            if info is not None and path is not None and info.expired(now):
+                log.warning(
+                    "tls_certificate_expired",
+                    peer=peer,
+                    key=key,
+                    file=str(path),
+                    subject=info.subject,
+                    expired_at=info.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                )
 
 
 async def run(

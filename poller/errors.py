@@ -39,6 +39,17 @@ def one_line(exc: BaseException, *, limit: int = 300) -> str:
     return text[:limit]
 
 
+def openssl_reason(error: BaseException) -> str:
+    """OpenSSL's text of an ``ssl.SSLError`` without its brackets and source location:
+    ``[SSL: KEY_VALUES_MISMATCH] key values mismatch (_ssl.c:4041)`` -> ``key values
+    mismatch``."""
+    args = error.args
+    text = args[1] if len(args) > 1 and isinstance(args[1], str) else str(error)
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.rsplit(" (_ssl.c:", 1)[0]
+
+
 class StoreError(UserError):
     """The store cannot be reached or used (the URL is printed with its password masked)."""
 

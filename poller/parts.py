@@ -140,6 +140,8 @@ def build(config: Config, store: Store) -> Parts:
     metrics = Metrics(instance=store.instance_id, version=__version__)
     tokens = tokens_for(config)
     metrics.watch_tokens(tokens)
+    # No trust_env: each request's proxy (the key, or $HTTPS_PROXY/$HTTP_PROXY less
+    # $NO_PROXY) and TLS context were decided at load, where check-config shows them.
     api_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=config.poll.max_concurrency * 2),
         headers={"User-Agent": USER_AGENT},
@@ -164,6 +166,8 @@ def build(config: Config, store: Store) -> Parts:
         ),
         on_response=metrics.observe_api,
         redact=redactor_of(config),
+        ssl_context=config.hms.tls.client_ssl,
+        route=config.hms.route,
     )
     targets = [Target.from_config(w) for w in config.webhooks]
     worker = DeliveryWorker(

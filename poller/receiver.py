@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,18 +65,23 @@ class Receiver:
         app.router.add_post("/hooks/{name}", self._handle)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host:port`` (0: any free port); return the base URL."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Listen on ``host:port`` (0: any free port); return the base URL. With
+        ``ssl_context`` it serves HTTPS (its verify mode decides whether it wants client
+        certificates)."""
         self._changed = asyncio.Condition()
         self._closing = asyncio.Event()
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         server = site._server
         assert server is not None
         bound = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-        self.base_url = f"http://{host}:{bound[1]}"
+        scheme = "https" if ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{host}:{bound[1]}"
         return self.base_url
 
     async def stop(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from urllib.parse import quote
 
 from poller.config import Config, url_secrets
+from poller.config.model import Route
 from poller.signing import SECRET_PREFIX
 
 __all__ = ["MASK", "Redactor", "redactor_of", "secrets_of"]
@@ -93,6 +94,8 @@ def secrets_of(config: Config) -> list[str]:
     if hms.access_key is not None:
         values.add(hms.access_key)
     values.update(url_secrets(hms.base_url))
+    for route in (hms.route, *(w.route for w in config.webhooks)):
+        values.update(_proxy_secrets(route))
     store_url = make_url(config.store.url.reveal())
     if store_url.password:
         values.add(str(store_url.password))
@@ -101,6 +104,20 @@ def secrets_of(config: Config) -> list[str]:
     public = {w.name for w in config.webhooks} | {r.id for r in config.rooms}
     public.update(hms.event_types)
     return sorted(values - public)
+
+
+def _proxy_secrets(route: Route) -> set[str]:
+    """A proxy's credentials: as configured, percent-encoded as a URL holds them, and as
+    the ``Proxy-Authorization`` header carries them."""
+    proxy = route.proxy
+    if proxy is None or proxy.username is None:
+        return set()
+    found = {proxy.username, quote(proxy.username, safe="")}
+    found.update(value.removeprefix("Basic ") for value in proxy.headers().values())
+    if proxy.password is not None:
+        password = proxy.password.reveal()
+        found.update((password, quote(password, safe="")))
+    return found
 
 
 def redactor_of(config: Config) -> Redactor:

@@ -13,6 +13,7 @@ import collections
 import hmac
 import random
 import signal
+import ssl
 import time
 import uuid
 from collections.abc import Sequence
@@ -93,16 +94,20 @@ class Simulator:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on host:port (0 picks a free port) and return the base URL."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Serve on host:port (0 picks a free port) and return the base URL; HTTPS with
+        ``ssl_context``."""
         self._stopping.clear()
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=ssl_context).start()
         bound_host, bound_port = self._runner.addresses[0][:2]
         if ":" in bound_host:
             bound_host = f"[{bound_host}]"
-        self.base_url = f"http://{bound_host}:{bound_port}"
+        scheme = "https" if ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{bound_host}:{bound_port}"
         return self.base_url
 
     async def stop(self) -> None:

@@ -30,6 +30,8 @@ from poller.receiver import Receiver
 from poller.simulator import Simulator
 from poller.store.db import create_engine, migrate
 from poller.store.repo import Store
+from tests.forward_proxy import ForwardProxy
+from tests.pki import Pki
 
 PG_ADMIN_URL = os.environ.get(
     "POLLER_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -354,3 +356,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for kind in ("unit", "integration", "e2e", "fuzz", "chaos"):
             if f"/tests/{kind}/" in str(item.path).replace("\\", "/"):
                 item.add_marker(kind)
+
+
+# --- TLS -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A throwaway CA with server and client certificates written under ``tmp_path/pki``."""
+    return Pki(tmp_path / "pki")
+
+
+@pytest.fixture
+async def forward_proxy() -> AsyncIterator[ForwardProxy]:
+    """A forward proxy on 127.0.0.1 that records what it carries (no credentials needed)."""
+    proxy = await ForwardProxy().start()
+    yield proxy
+    await proxy.stop()

@@ -25,8 +25,10 @@ from poller.config.model import (
     StoreConfig,
     WebhookConfig,
 )
+from poller.config.proxy import route_for
 from poller.config.schema import ConfigFile, HmsTable, WebhookTable
 from poller.config.secrets import read_secret
+from poller.config.tls import TlsFiles, TlsLoader
 from poller.config.values import HEADER_NAME
 from poller.events import KNOWN_EVENT_TYPES
 from poller.signing import InvalidSecret, SigningKey
@@ -59,7 +61,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         file = ConfigFile.model_validate(_read_toml(src))
     except ValidationError as e:
         raise translate(src, e, ConfigFile) from None
-    hms = _hms(src, file.hms)
+    tls = TlsLoader(src)
+    hms = _hms(src, file.hms, tls)
     discovery = DiscoveryConfig(
         enabled=file.discovery.enabled,
         interval=file.discovery.interval,
@@ -102,7 +105,13 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         log=LogConfig(level=file.log.level, format=file.log.format),
         rooms=rooms,
         webhooks=_webhooks(
-            src, file.webhooks, hms, rooms, delivery.max_concurrency, discovery=discovery.enabled
+            src,
+            file.webhooks,
+            hms,
+            rooms,
+            delivery.max_concurrency,
+            tls,
+            discovery=discovery.enabled,
         ),
         shutdown_grace=file.shutdown_grace,
         instance_id=file.instance_id,
@@ -148,7 +157,7 @@ def _strings(src: Source, loc: Loc, values: Sequence[str] | None) -> frozenset[s
     return frozenset(values)
 
 
-def _hms(src: Source, hms: HmsTable) -> HmsConfig:
+def _hms(src: Source, hms: HmsTable, tls: TlsLoader) -> HmsConfig:
     loc = ("hms",)
     extra = _strings(src, (*loc, "extra_event_types"), hms.extra_event_types) or frozenset()
     for index, value in enumerate(hms.extra_event_types or ()):
@@ -198,6 +207,8 @@ def _hms(src: Source, hms: HmsTable) -> HmsConfig:
         app_secret=secret.secret if secret else None,
         management_token=token.secret if token else None,
         request_timeout=hms.request_timeout,
+        tls=tls.load(loc, TlsFiles(ca_file=hms.ca_file), url=hms.base_url, url_key="base_url"),
+        route=route_for(src, loc, hms.base_url, hms.proxy),
     )
 
 
@@ -216,6 +227,7 @@ def _webhooks(
     hms: HmsConfig,
     rooms: tuple[RoomConfig, ...],
     max_concurrency: int,
+    tls: TlsLoader,
     *,
     discovery: bool,
 ) -> tuple[WebhookConfig, ...]:
@@ -251,6 +263,7 @@ def _webhooks(
         )
         headers = _headers(src, (*loc, "headers"), t.headers)
         previous = _previous_secrets(src, (*loc, "previous_secrets"), t.previous_secrets)
+        files = TlsFiles(ca_file=t.ca_file, client_cert=t.client_cert, client_key=t.client_key)
         try:
             webhook = WebhookConfig(
                 name=t.name,
@@ -264,6 +277,8 @@ def _webhooks(
                 ),
                 previous_secrets=previous,
                 rate_limit=t.rate_limit,
+                tls=tls.load(loc, files, url=t.url, url_key="url"),
+                route=route_for(src, loc, t.url, t.proxy),
             )
         except InvalidSecret as e:  # the message never carries the secret, nor does via()
             raise src.error((*loc, "secret"), f"{e}{secret.via()}") from None

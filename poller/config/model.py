@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import ssl
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -10,6 +13,9 @@ from poller.config.values import url_origin
 from poller.signing import RotatingKeys
 
 __all__ = [
+    "DIRECT",
+    "SYSTEM_TLS",
+    "CertificateInfo",
     "Config",
     "DeliveryConfig",
     "HmsConfig",
@@ -17,10 +23,13 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "PollConfig",
+    "Proxy",
     "RoomConfig",
+    "Route",
     "Secret",
     "ServerConfig",
     "StoreConfig",
+    "TlsConfig",
     "WebhookConfig",
 ]
 
@@ -46,6 +55,76 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """What a certificate says about itself, for check-config and start-up warnings."""
+
+    subject: str  # RFC 4514 order: "CN=poller,O=Example"
+    not_after: dt.datetime  # UTC
+
+    def expired(self, now: dt.datetime) -> bool:
+        """Whether the certificate is past its expiry at ``now``."""
+        return now >= self.not_after
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Whom HTTPS to one peer trusts and which certificate it shows.
+
+    ``ca_file`` *replaces* the system's CA certificates for that peer (as curl's
+    ``--cacert`` and requests' ``verify=`` do): a receiver on an internal network is then
+    trusted only through the internal CA. ``context`` is built once at load, shared by every
+    peer with the same files, and None for the system's defaults.
+    """
+
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None  # None with client_cert: the key is in that file
+    # Derived from the files at load (so not compared).
+    ca_certificates: tuple[CertificateInfo, ...] = field(default=(), compare=False)
+    ca_count: int = field(default=0, compare=False)  # certificates in ca_file, read or not
+    certificate: CertificateInfo | None = field(default=None, compare=False)
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def client_ssl(self) -> ssl.SSLContext | bool:
+        """What the HTTP client is given: this context, or True for its verified default."""
+        return True if self.context is None else self.context
+
+
+SYSTEM_TLS = TlsConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """An HTTP proxy: where it is (nothing secret) and, apart, the credentials it wants."""
+
+    url: str  # http://host:port: no userinfo, safe to show
+    via: str  # where it was configured: "proxy" (the key) or "$HTTPS_PROXY"
+    username: str | None = field(default=None, repr=False)
+    password: Secret | None = field(default=None, repr=False)
+
+    def headers(self) -> dict[str, str]:
+        """``Proxy-Authorization`` for the credentials, if any (sent to the proxy only)."""
+        if self.username is None:
+            return {}
+        password = "" if self.password is None else self.password.reveal()
+        token = base64.b64encode(f"{self.username}:{password}".encode()).decode("ascii")
+        return {"Proxy-Authorization": f"Basic {token}"}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How requests reach one URL: through ``proxy``, or directly when it is None."""
+
+    proxy: Proxy | None = None
+    # Set when an environment proxy would apply but $NO_PROXY sends this host direct.
+    bypassed_by: str | None = None
+
+
+DIRECT = Route()
+
+
+@dataclass(frozen=True, slots=True)
 class HmsConfig:
     base_url: str  # no trailing slash
     event_types: tuple[str, ...]
@@ -53,6 +132,8 @@ class HmsConfig:
     app_secret: Secret | None
     management_token: Secret | None
     request_timeout: float  # seconds, per API request
+    tls: TlsConfig = SYSTEM_TLS
+    route: Route = DIRECT
     extra_event_types: tuple[str, ...] = ()  # accepted beyond poller.events.KNOWN_EVENT_TYPES
     max_requests_per_second: float = 50.0  # every API request, from this instance
 
@@ -141,6 +222,8 @@ class WebhookConfig:
     # Still signed with while receivers switch to ``secret`` (rotation), newest first.
     previous_secrets: tuple[Secret, ...] = ()
     rate_limit: float | None = None  # requests per second from this instance; None: no limit
+    tls: TlsConfig = SYSTEM_TLS
+    route: Route = DIRECT
     # Derived from the secrets (so not compared): decoded once here, so that a bad secret
     # fails at load time and every attempt signs with the same keys without decoding again.
     signing_key: RotatingKeys = field(init=False, repr=False, compare=False)

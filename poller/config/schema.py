@@ -28,6 +28,7 @@ from pydantic_core import core_schema
 from poller.config.durations import DURATION_PATTERN, format_duration, parse_duration
 from poller.config.messages import IfEmpty, Items, problem
 from poller.config.model import LogFormat, LogLevel
+from poller.config.proxy import proxy_problem
 from poller.config.values import (
     HEADER_NAME,
     STORE_URL_PATTERN,
@@ -199,6 +200,7 @@ _EVENT_TYPE = _Stored(("events.type",))
 Text = Annotated[str, PlainValidator(_text), _string(r"\S"), Items("strings")]
 HttpUrl = Annotated[str, _checked(http_url_problem), _string(_HTTP)]
 ApiBase = Annotated[str, _checked(_api_base), _string(_HTTP + "[^?#]*$")]
+ProxyUrl = Annotated[str, _checked(proxy_problem), _string("^[Hh][Tt][Tt][Pp]://[^/?#]+/?$")]
 StoreUrl = Annotated[str, _parsed(store_url), _string(STORE_URL_PATTERN)]
 Listen = Annotated[tuple[str, int], _parsed(parse_listen), _string(r"^\S+:[0-9]+$")]
 WebhookName = Annotated[
@@ -286,6 +288,12 @@ class HmsTable(_Table):
     event_types and in webhook filters."""
     request_timeout: RequestTimeout = Field("10s", validate_default=True)
     """Per API request: seconds, or a string like "10s"."""
+    ca_file: Text | None = None
+    """PEM CA certificates to trust for the API instead of the system's (a TLS-inspecting
+    corporate proxy's CA); relative to this file."""
+    proxy: ProxyUrl | None = Field(None, repr=False)
+    """An http:// proxy for the API, "http://[user:password@]host:port" (default:
+    $HTTPS_PROXY / $HTTP_PROXY unless $NO_PROXY matches)."""
     max_requests_per_second: RequestRate = 50
     """One budget for every API request; when the schedule asks for more, polls wait for
     their turn (the most overdue first), never dropped."""
@@ -416,6 +424,16 @@ class WebhookTable(_Table):
     rate_limit: RateLimit | None = None
     """At most this many requests per second to this webhook, from each instance (attempts
     are spaced 1/rate_limit seconds apart); default: no limit."""
+    ca_file: Text | None = None
+    """PEM CA certificates to trust for this webhook instead of the system's (an internal CA);
+    relative to this file."""
+    client_cert: Text | None = None
+    """A PEM client certificate for mutual TLS (with its chain; may also hold the key)."""
+    client_key: Text | None = None
+    """The client certificate's PEM private key, unencrypted (default: in client_cert)."""
+    proxy: ProxyUrl | None = Field(None, repr=False)
+    """An http:// proxy for this webhook, "http://[user:password@]host:port" (default:
+    $HTTPS_PROXY / $HTTP_PROXY unless $NO_PROXY matches)."""
 
 
 class ConfigFile(_Table):

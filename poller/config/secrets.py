@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from poller.config.messages import Loc, Source, key_path
 from poller.config.model import Secret
 from poller.config.values import text_problem
 
-__all__ = ["Sourced", "read_secret"]
+__all__ = ["Sourced", "config_file_path", "read_secret"]
 
 _CREDENTIALS_DIRECTORY = re.compile(
     r"\$(?:\{CREDENTIALS_DIRECTORY\}|CREDENTIALS_DIRECTORY(?![A-Za-z0-9_]))"
@@ -53,7 +54,9 @@ def read_secret(
     return None
 
 
-def _from_file(src: Source, loc: Loc, raw: str) -> Sourced:
+def config_file_path(src: Source, loc: Loc, raw: str) -> Path:
+    """The file a ``*_file`` key names: ``${CREDENTIALS_DIRECTORY}`` expanded, and relative
+    to the config file."""
     if _CREDENTIALS_DIRECTORY.search(raw):
         directory = src.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
@@ -65,7 +68,11 @@ def _from_file(src: Source, loc: Loc, raw: str) -> Sourced:
         raw = _CREDENTIALS_DIRECTORY.sub(lambda _: directory, raw)
     # Relative to the config file, not the working directory, which differs between
     # an interactive `check-config` and the service; an absolute path wins the join.
-    path = src.path.parent / raw
+    return src.path.parent / raw
+
+
+def _from_file(src: Source, loc: Loc, raw: str) -> Sourced:
+    path = config_file_path(src, loc, raw)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:

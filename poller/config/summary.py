@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from poller.config.durations import format_duration
-from poller.config.model import Config, ServerConfig, WebhookConfig
+from poller.config.model import (
+    CertificateInfo,
+    Config,
+    Route,
+    ServerConfig,
+    TlsConfig,
+    WebhookConfig,
+)
 from poller.config.values import identifier_hint, url_origin
 
 __all__ = ["describe"]
@@ -17,7 +26,44 @@ def _server(server: ServerConfig) -> str:
     return f"{host}:{server.port} (/healthz, /readyz, /metrics; {page})"
 
 
-def _describe_webhook(webhook: WebhookConfig) -> list[str]:
+def _certificate(info: CertificateInfo | None, now: dt.datetime) -> str:
+    if info is None:
+        return "not described"
+    day = info.not_after.strftime("%Y-%m-%d")
+    expiry = f"EXPIRED {day}" if info.expired(now) else f"expires {day}"
+    return f"{info.subject or 'no subject'}, {expiry}"
+
+
+def _tls(tls: TlsConfig, now: dt.datetime) -> str:
+    """Whom HTTPS trusts and what it shows: paths and certificate names, never contents."""
+    if tls.ca_file is None:
+        trust = "system CAs"
+    else:
+        count = tls.ca_count
+        if count == 1 and len(tls.ca_certificates) == 1:
+            about = f"1 certificate: {_certificate(tls.ca_certificates[0], now)}"
+        else:
+            about = f"{count} certificates"
+        trust = f"CAs of {tls.ca_file} only ({about})"
+    if tls.client_cert is None:
+        return trust
+    key = f", key {tls.client_key}" if tls.client_key is not None else ""
+    return (
+        f"{trust}; client certificate {tls.client_cert} ({_certificate(tls.certificate, now)}){key}"
+    )
+
+
+def _route(route: Route) -> str:
+    """The proxy and where it was configured; its credentials only as a fact."""
+    if route.proxy is None:
+        return f"none ({route.bypassed_by} matches)" if route.bypassed_by else "none"
+    proxy = route.proxy
+    via = "proxy key" if proxy.via == "proxy" else proxy.via
+    credentials = ", with credentials" if proxy.username is not None else ""
+    return f"{proxy.url} (from {via}{credentials})"
+
+
+def _describe_webhook(webhook: WebhookConfig, now: dt.datetime) -> list[str]:
     def listed(values: frozenset[str] | None) -> str:
         return "all" if values is None else ", ".join(sorted(values))
 
@@ -32,11 +78,25 @@ def _describe_webhook(webhook: WebhookConfig) -> list[str]:
             if webhook.previous_secrets
             else []
         ),
+        *(
+            [f"    tls: {_tls(webhook.tls, now)}"]
+            if webhook.tls.ca_file or webhook.tls.client_cert
+            else []
+        ),
+        *(
+            [f"    proxy: {_route(webhook.route)}"]
+            if webhook.route.proxy or webhook.route.bypassed_by
+            else []
+        ),
     ]
 
 
-def describe(config: Config) -> str:
-    """A short summary of ``config`` for ``poller check-config``, with every secret masked."""
+def describe(config: Config, now: dt.datetime | None = None) -> str:
+    """A short summary of ``config`` for ``poller check-config``, with every secret masked.
+
+    ``now`` (default: the current time) decides which certificates are shown as expired.
+    """
+    now = dt.datetime.now(dt.UTC) if now is None else now
     hms, poll, delivery = config.hms, config.poll, config.delivery
     if hms.access_key is not None:
         auth = f"minted tokens for access key {identifier_hint(hms.access_key)}"
@@ -58,6 +118,7 @@ def describe(config: Config) -> str:
         f"config:      {config.path}",
         f"100ms API:   {url_origin(hms.base_url)} ({auth}; "
         f"request timeout {format_duration(hms.request_timeout)})",
+        f"api network: tls {_tls(hms.tls, now)}; proxy {_route(hms.route)}",
         f"event types: {', '.join(hms.event_types)}",
         f"polling:     every {format_duration(poll.interval)}, page size {poll.page_size}, "
         f"backfill {'on' if poll.backfill else 'off'}, "
@@ -77,7 +138,7 @@ def describe(config: Config) -> str:
         f"webhooks ({len(config.webhooks)}):",
     ]
     for webhook in config.webhooks:
-        lines.extend(_describe_webhook(webhook))
+        lines.extend(_describe_webhook(webhook, now))
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -9,7 +10,9 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from poller.config import WebhookConfig, url_secrets
+from poller.config.model import DIRECT, Route
 from poller.errors import one_line
+from poller.net import connection_failure, proxy_options, proxy_refusal
 from poller.redaction import Redactor
 from poller.signing import RotatingKeys
 from poller.timeutil import parse_retry_after
@@ -30,13 +33,24 @@ class Target:
     headers: Mapping[str, str] = field(repr=False)
     max_concurrency: int
     rate_limit: float | None = None  # requests per second from this instance; None: no limit
+    # The SSLContext built at load for its ca_file / client_cert, or True: the system's.
+    ssl_context: ssl.SSLContext | bool = field(default=True, repr=False)
+    route: Route = DIRECT  # through a proxy, or direct
+    client_cert: bool = False  # whether ssl_context shows a client certificate
 
     def private_values(self) -> Iterator[str]:
         """What an error about this target must not show: its URL, the URL's secret-bearing
-        parts (the same as the log redactor's) and its static header values."""
+        parts (the same as the log redactor's), its static header values and its proxy's
+        credentials."""
         yield self.url
         yield from url_secrets(self.url)
         yield from self.headers.values()
+        proxy = self.route.proxy
+        if proxy is not None and proxy.username is not None:
+            yield proxy.username
+            yield from proxy.headers().values()
+            if proxy.password is not None:
+                yield proxy.password.reveal()
 
     @classmethod
     def from_config(cls, webhook: WebhookConfig) -> Target:
@@ -48,6 +62,9 @@ class Target:
             headers=dict(webhook.headers),
             max_concurrency=webhook.max_concurrency,
             rate_limit=webhook.rate_limit,
+            ssl_context=webhook.tls.client_ssl,
+            route=webhook.route,
+            client_cert=webhook.tls.client_cert is not None,
         )
 
 
@@ -87,10 +104,13 @@ class Sender:
         status: int | None = None
         retry_after: float | None = None
         excerpt = bytearray()
+        https = target.url[:8].lower() == "https://"
+        via = proxy_options(target.route, https=https)
         try:
             data = body.encode() if isinstance(body, str) else body
             headers = {
                 **target.headers,
+                **via.headers,
                 "Content-Type": "application/json",
                 "User-Agent": self._user_agent,
                 # Signed at the last moment: the timestamp is this attempt's.
@@ -102,6 +122,9 @@ class Sender:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                ssl=target.ssl_context,
+                proxy=via.proxy,
+                proxy_headers=via.proxy_headers,
             ) as resp:
                 status = resp.status
                 if status in (429, 503):
@@ -113,20 +136,32 @@ class Sender:
                     excerpt += chunk
                 await resp.content.read(_MAX_RESPONSE_BYTES)
             error = None if 200 <= status < 300 else f"HTTP {status}"
+            if error is not None:
+                error = proxy_refusal(status, target.route) or error
         except TimeoutError:
             error = f"timed out after {self._timeout_s:g}s"
-        except aiohttp.ClientConnectorError as exc:
-            # The connector's message names host:port and the OS error, never
-            # the path or query string, which may hold a token.
-            error = f"connection failed: {exc.os_error.strerror or type(exc.os_error).__name__}"
         except aiohttp.ClientError as exc:
-            error = f"request failed: {type(exc).__name__}"
+            error = connection_failure(
+                exc,
+                peer="the receiver",
+                route=target.route,
+                https=https,
+                client_cert=target.client_cert,
+            ) or _client_error(exc)
         except Exception as exc:
             error = f"request failed: {redacted(one_line(exc), target.private_values())}"
         if status is not None and 200 <= status < 300:
             error = None  # a response body cut short after a 2xx is still a delivery
         duration = time.perf_counter() - started
         return Attempt(status, error, retry_after, duration, bytes(excerpt))
+
+
+def _client_error(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # The connector's message names host:port and the OS error, never
+        # the path or query string, which may hold a token.
+        return f"connection failed: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    return f"request failed: {type(exc).__name__}"
 
 
 def redacted(text: str, secrets: Iterable[str]) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ import structlog.typing
 
 from poller import backoff
 from poller.budget import RequestBudget
+from poller.config.model import DIRECT, Route
 from poller.hms.listing import ListingPage, RoomInfo, SessionInfo, parse_rooms, parse_sessions
 from poller.hms.page import MalformedPage, Page, parse_page
 from poller.hms.token import TokenProvider
+from poller.net import connection_failure, proxy_options, proxy_refusal
 from poller.timeutil import parse_retry_after
 
 __all__ = ["ApiError", "HmsClient", "Page", "WalkLimits"]
@@ -84,11 +87,18 @@ class HmsClient:
         logger: structlog.typing.FilteringBoundLogger | None = None,
         on_response: Callable[[str, float], None] | None = None,
         redact: Callable[[str], str] | None = None,
+        ssl_context: ssl.SSLContext | bool = True,
+        route: Route = DIRECT,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._session = session
         self._base = base_url.rstrip("/")
+        self._https = base_url[:8].lower() == "https://"
+        # [hms] ca_file's context (or True: the system's CAs) and the proxy, both from load.
+        self._ssl = ssl_context
+        self._route = route
+        self._via = proxy_options(route, https=self._https)
         self._tokens = tokens
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._max_attempts = max_attempts
@@ -256,10 +266,16 @@ class HmsClient:
                 f"{where}: response larger than "
                 f"{self._limits.max_page_bytes} bytes (poll.max_page_bytes)"
             ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except aiohttp.ClientError as exc:
+            self._on_response("error", time.perf_counter() - started)
+            found = connection_failure(exc, peer="the API", route=self._route, https=self._https)
+            return _Failure(found or f"network error ({type(exc).__name__})")
+        except TimeoutError as exc:
             self._on_response("error", time.perf_counter() - started)
             return _Failure(f"network error ({type(exc).__name__})")
         self._on_response(str(status), time.perf_counter() - started)
+        if (refused := proxy_refusal(status, self._route)) is not None:
+            return _Failure(refused, status)
         if 200 <= status < 300:
             try:
                 return parse(body)
@@ -287,8 +303,11 @@ class HmsClient:
             self._session.get(
                 self._base + path,
                 params=params,
-                headers={"Authorization": f"Bearer {token}"},
+                headers={**self._via.headers, "Authorization": f"Bearer {token}"},
                 timeout=self._timeout,
+                ssl=self._ssl,
+                proxy=self._via.proxy,
+                proxy_headers=self._via.proxy_headers,
             ) as resp,
         ):
             return resp.status, resp.headers, await self._read(resp)

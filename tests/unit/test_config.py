@@ -32,12 +32,14 @@ from poller.config import (
     parse_duration,
     resolve_config_path,
 )
+from poller.config.model import Proxy, Route, TlsConfig
 from poller.config.values import stored_length
 from poller.errors import ConfigError
 from poller.events import KNOWN_EVENT_TYPES
 from poller.redaction import secrets_of
 from poller.signing import InvalidSecret, SigningKey
 from poller.store.models import deliveries, events, instances, rooms
+from tests.pki import Pki
 
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"another-webhook-key-of-32-bytes!").decode()
@@ -47,6 +49,7 @@ HEADER_VALUE = "hdr-value-K9pLm3"
 DB_PASSWORD = "db-pass-W4nQz8"
 BAD_WEBHOOK_SECRET = "whsec_not!base64-Jd82"
 SHORT_WEBHOOK_SECRET = "whsec_c2hvcnQta2V5"  # 9 bytes
+PROXY_PASSWORD = "proxy-pass-T6wXc2"
 # Everything a test config here ever holds in a secret position.
 SECRETS = (
     WEBHOOK_SECRET,
@@ -58,6 +61,7 @@ SECRETS = (
     DB_PASSWORD,
     BAD_WEBHOOK_SECRET,
     SHORT_WEBHOOK_SECRET,
+    PROXY_PASSWORD,
 )
 
 HMS = f"""
@@ -121,6 +125,8 @@ access_key = "ak-1"
 app_secret = "{APP_SECRET}"
 event_types = ["beam.recording.success", "track.add.success"]
 request_timeout = 5
+ca_file = "pki/ca.pem"
+proxy = "http://poller:{PROXY_PASSWORD}@proxy.example.com:3128"
 
 [poll]
 interval = "1m"
@@ -165,6 +171,10 @@ rooms = ["room-a"]
 headers = {{ "X-Api-Key" = "{HEADER_VALUE}", "X-Env" = "prod" }}
 max_concurrency = 6
 rate_limit = 2.5
+ca_file = "pki/ca.pem"
+client_cert = "pki/client-cert.pem"
+client_key = "pki/client-key.pem"
+proxy = "http://proxy.example.com:3128"
 
 [[webhooks]]
 name = "audit-log"
@@ -175,6 +185,7 @@ secret_file = "audit.secret"
 
 def load_full(tmp_path: Path) -> Config:
     write(tmp_path, f"{OTHER_WEBHOOK_SECRET}\n", "audit.secret")
+    Pki(tmp_path / "pki")
     return load(tmp_path, FULL)
 
 
@@ -190,6 +201,15 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
             app_secret=Secret(APP_SECRET),
             management_token=None,
             request_timeout=5.0,
+            tls=TlsConfig(ca_file=tmp_path / "pki" / "ca.pem"),
+            route=Route(
+                Proxy(
+                    "http://proxy.example.com:3128",
+                    "proxy",
+                    username="poller",
+                    password=Secret(PROXY_PASSWORD),
+                )
+            ),
         ),
         poll=PollConfig(
             interval=60.0,
@@ -224,6 +244,12 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
                 headers=(("X-Api-Key", HEADER_VALUE), ("X-Env", "prod")),
                 max_concurrency=6,
                 rate_limit=2.5,
+                tls=TlsConfig(
+                    ca_file=tmp_path / "pki" / "ca.pem",
+                    client_cert=tmp_path / "pki" / "client-cert.pem",
+                    client_key=tmp_path / "pki" / "client-key.pem",
+                ),
+                route=Route(Proxy("http://proxy.example.com:3128", "proxy")),
             ),
             WebhookConfig(
                 name="audit-log",
@@ -497,6 +523,116 @@ def test_resolve_config_path_prefers_cli_then_env_then_default() -> None:
 # --- errors ------------------------------------------------------------------------------
 
 ERROR_CASES = [
+    # internal receivers and corporate networks
+    pytest.param(
+        toml(webhooks=WEBHOOK + f'proxy = "https://u:{PROXY_PASSWORD}@proxy.corp:3128"\n'),
+        "webhooks[0].proxy",
+        "only http:// proxies are supported, got https://",
+        id="proxy-https",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'proxy = "socks5://proxy.corp:1080"\n'),
+        "webhooks[0].proxy",
+        "only http:// proxies are supported, got socks5://",
+        id="proxy-socks",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'proxy = "proxy.corp:3128"\n'),
+        "webhooks[0].proxy",
+        "expected http://host:port or http://user:password@host:port",
+        id="proxy-no-scheme",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + f'proxy = "http://u:{PROXY_PASSWORD}@proxy.corp:3128/x"\n'),
+        "webhooks[0].proxy",
+        "without a path, query or fragment",
+        id="proxy-path",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'proxy = "http://proxy.corp:99999"\n'),
+        "webhooks[0].proxy",
+        "with a valid port",
+        id="proxy-port",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'proxy = "http://u:p@:3128"\n'),
+        "webhooks[0].proxy",
+        "got no host",
+        id="proxy-no-host",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + "proxy = 3128\n"),
+        "webhooks[0].proxy",
+        "expected a string, got an integer",
+        id="proxy-integer",
+    ),
+    pytest.param(
+        toml(hms=HMS + 'proxy = "ftp://proxy.corp:21"\n'),
+        "hms.proxy",
+        "only http:// proxies are supported, got ftp://",
+        id="hms-proxy-scheme",
+    ),
+    pytest.param(
+        toml(hms=HMS + 'proxy = ""\n'),
+        "hms.proxy",
+        "must not be empty",
+        id="hms-proxy-empty",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'ca_file = ""\n'),
+        "webhooks[0].ca_file",
+        "must not be empty",
+        id="ca-file-empty",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + "ca_file = true\n"),
+        "webhooks[0].ca_file",
+        "expected a string, got a boolean",
+        id="ca-file-boolean",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'ca_file = "/nonexistent/ca.pem"\n'),
+        "webhooks[0].ca_file",
+        "cannot read /nonexistent/ca.pem: No such file or directory",
+        id="ca-file-missing",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'client_cert = "/nonexistent/client.pem"\n'),
+        "webhooks[0].client_cert",
+        "cannot read /nonexistent/client.pem: No such file or directory",
+        id="client-cert-missing",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'client_key = "/etc/poller/client.key"\n'),
+        "webhooks[0].client_key",
+        "is only used with client_cert; give client_cert too",
+        id="client-key-without-cert",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK.replace("https://", "http://") + 'client_cert = "/etc/c.pem"\n'),
+        "webhooks[0].client_cert",
+        "url is not an https:// URL, so no TLS is used to reach it; "
+        "remove client_cert or use https://",
+        id="client-cert-on-http",
+    ),
+    pytest.param(
+        toml(hms=HMS + 'base_url = "http://hms.corp/v2"\nca_file = "/etc/ca.pem"\n'),
+        "hms.ca_file",
+        "base_url is not an https:// URL, so no TLS is used to reach it",
+        id="hms-ca-file-on-http",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + 'client_certificate = "/etc/c.pem"\n'),
+        "webhooks[0].client_certificate",
+        "unknown key (did you mean 'client_cert'?)",
+        id="client-cert-typo",
+    ),
+    pytest.param(
+        toml(webhooks=WEBHOOK + "tls_verify = false\n"),
+        "webhooks[0].tls_verify",
+        "unknown key",
+        id="no-tls-verify-switch",
+    ),
     # receiver protection
     pytest.param(
         toml(webhooks=WEBHOOK + "rate_limit = 0\n"),
@@ -1543,6 +1679,10 @@ def test_describe(tmp_path: Path) -> None:
     assert "headers: X-Api-Key: ***, X-Env: ***" in text
     assert "audit-log: http://audit.internal:8080\n" in text
     assert "event types: all; rooms: all" in text
+    assert f"api network: tls CAs of {tmp_path / 'pki' / 'ca.pem'} only (1 certificate: " in text
+    assert "proxy http://proxy.example.com:3128 (from proxy key, with credentials)" in text
+    assert f"    tls: CAs of {tmp_path / 'pki' / 'ca.pem'} only (1 certificate: " in text
+    assert "    proxy: http://proxy.example.com:3128 (from proxy key)\n" in text
     assert (
         "API budget:  50 requests/s; 2 rooms every 1m ask 0.0333/s at one page a poll (0% of it"
         in text
@@ -1567,6 +1707,9 @@ def test_describe_defaults_and_fixed_token(tmp_path: Path) -> None:
     assert "no retries (1 attempt)" in text
     assert "server:      disabled" in text
     assert "sqlite+aiosqlite:////var/lib/poller/poller.db" in text
+    assert "api network: tls system CAs; proxy none\n" in text
+    assert "    tls:" not in text
+    assert "    proxy:" not in text
 
 
 def test_describe_shows_a_webhook_url_as_its_origin_only(tmp_path: Path) -> None:
