@@ -22,6 +22,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from poller.limit import Pacer
+from poller.tally import PeriodTally
 
 __all__ = ["RequestBudget"]
 
@@ -53,11 +54,9 @@ class RequestBudget:
         # The turn a poll was let in with: its task's context carries it to its first request.
         self._turn: ContextVar[_Turn | None] = ContextVar("poller_budget_turn", default=None)
         self.waited_seconds = 0.0  # time requests and polls waited for a turn (a counter)
-        self._period = period
         self._log = logger or structlog.get_logger("poller.budget")
-        self._window_start = clock()
-        self._window_polls = 0
-        self._window_max = 0.0
+        self._delayed = PeriodTally(period)
+        self._delayed.start(clock())
 
     @property
     def rate(self) -> float:
@@ -126,17 +125,14 @@ class RequestBudget:
         now = self._clock()
         if waited > 0:
             self.waited_seconds += waited
-            self._window_polls += 1
-            self._window_max = max(self._window_max, waited)
+            self._delayed.note(waited, now)
         # One line per period at most: never one per delayed poll.
-        if now - self._window_start < self._period:
+        if (summary := self._delayed.close(now)) is None or not summary.count:
             return
-        if self._window_polls:
-            self._log.warning(
-                "api_budget_exceeded",
-                polls_delayed=self._window_polls,
-                max_wait_s=round(self._window_max, 3),
-                budget_per_s=self.rate,
-                period_s=round(now - self._window_start, 1),
-            )
-        self._window_start, self._window_polls, self._window_max = now, 0, 0.0
+        self._log.warning(
+            "api_budget_exceeded",
+            polls_delayed=summary.count,
+            max_wait_s=round(summary.peak, 3),
+            budget_per_s=self.rate,
+            period_s=round(summary.span, 1),
+        )

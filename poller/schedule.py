@@ -14,6 +14,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from structlog.typing import FilteringBoundLogger
 
 from poller.aio import finish_or_cancel
+from poller.tally import PeriodTally
 from poller.timeutil import utcnow
 
 Job = Callable[[], Awaitable[object]]
@@ -30,36 +31,29 @@ class Lateness:
     """
 
     def __init__(self, period: float, *, logger: FilteringBoundLogger | None = None) -> None:
-        self._period = period
+        self._tally = PeriodTally(period)
         self._log = logger or structlog.get_logger("poller.schedule")
-        self._window_start: float | None = None
-        self._window_max = 0.0
-        self._late = 0
         self._published = 0.0
 
     @property
     def seconds(self) -> float:
         """The largest lateness of the runs started in the last full period (and since)."""
-        return max(self._published, self._window_max)
+        return max(self._published, self._tally.peak)
 
     def observe(self, lag: float, now: float) -> None:
         """Note one run that started ``lag`` seconds late (0 when on time)."""
-        if self._window_start is None:
-            self._window_start = now
         if lag > 0:
-            self._late += 1
-            self._window_max = max(self._window_max, lag)
-        if now - self._window_start < self._period:
+            self._tally.note(lag, now)
+        if (summary := self._tally.close(now)) is None:
             return
-        if self._late:
+        if summary.count:
             self._log.warning(
                 "polls_late",
-                late=self._late,
-                max_lag_s=round(self._window_max, 3),
-                period_s=round(now - self._window_start, 1),
+                late=summary.count,
+                max_lag_s=round(summary.peak, 3),
+                period_s=round(summary.span, 1),
             )
-        self._published = self._window_max
-        self._window_start, self._window_max, self._late = now, 0.0, 0
+        self._published = summary.peak
 
 
 class Scheduler:

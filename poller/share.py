@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from poller.tally import PeriodTally
+
 __all__ = ["PollShare"]
 
 TICK = 0.05  # seconds between two looks at the loop
@@ -57,12 +59,10 @@ class PollShare:
         self._walking = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._lag = 0.0
-        self._period = period
         self._log = logger or structlog.get_logger("poller.share")
         self.held_seconds = 0.0  # total time polls waited here (a counter)
-        self._window_start = time.monotonic()
-        self._window_held = 0
-        self._window_wait = 0.0
+        self._held = PeriodTally(period)
+        self._held.start(time.monotonic())
 
     @property
     def limit(self) -> int | None:
@@ -125,10 +125,9 @@ class PollShare:
                 self._admit()
             raise
         finally:
-            waited = time.monotonic() - started
-            self.held_seconds += waited
-            self._window_held += 1
-            self._window_wait = max(self._window_wait, waited)
+            now = time.monotonic()
+            self.held_seconds += now - started
+            self._held.note(now - started, now)
 
     def _admit(self) -> None:
         while self._waiters and self._admissible():
@@ -139,15 +138,13 @@ class PollShare:
 
     def _report(self, now: float) -> None:
         # One line per period at most, like polls_late: never a line per held poll.
-        if now - self._window_start < self._period:
+        if (summary := self._held.close(now)) is None or not summary.count:
             return
-        if self._window_held:
-            self._log.info(
-                "polls_held_for_deliveries",
-                polls=self._window_held,
-                max_wait_s=round(self._window_wait, 3),
-                limit=self.limit,
-                loop_lag_ms=round(self._lag * 1000, 1),
-                period_s=round(now - self._window_start, 1),
-            )
-        self._window_start, self._window_held, self._window_wait = now, 0, 0.0
+        self._log.info(
+            "polls_held_for_deliveries",
+            polls=summary.count,
+            max_wait_s=round(summary.peak, 3),
+            limit=self.limit,
+            loop_lag_ms=round(self._lag * 1000, 1),
+            period_s=round(summary.span, 1),
+        )
