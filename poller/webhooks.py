@@ -12,7 +12,7 @@ from poller.errors import UserError
 from poller.parts import open_configured_store
 from poller.report import configured_webhook, dumps, webhook_json
 from poller.snapshot import describe_state, webhook_views
-from poller.states import DeliveryState, WebhookMode
+from poller.states import DeliveryState, WebhookMode, WebhookState
 from poller.store.repo import WebhookRow
 from poller.timeutil import utcnow
 
@@ -58,6 +58,18 @@ async def set_mode(config: Config, action: str, name: str) -> str:
             name, mode, reason=reason, now=now, only_from=only_from
         )
         row = (await store.webhook_states())[name]
+        # An open breaker is not a pause, but "resume" means "try it now": take a probe.
+        probing = (
+            action == "resume"
+            and not changed
+            and row.state is WebhookState.BREAKER_OPEN
+            and await store.probe_now(name, now=now)
+        )
+    if probing:
+        return (
+            f"{name}'s breaker is open: its next probe is due now (a running daemon follows "
+            "within 1s); a 2xx closes it"
+        )
     if changed:
         held = "kept pending" if mode is WebhookMode.PAUSED else "resume"
         return f"{name} {verb}: its deliveries {held} (a running daemon follows within 1s)"

@@ -179,13 +179,17 @@ class ReceiverGuard:
         if attempt.ok:
             if probe and self._observer is not None:
                 self._observer.observe_probe(name, True)
-            if row.failing_since is not None and await self._store.webhook_recovered(name):
+            # Either one: a breaker opened by hand (or by an older version) has no spell.
+            spell = row.failing_since is not None or row.breaker_opened_at is not None
+            if spell and await self._store.webhook_recovered(name):
                 was_open = row.breaker_opened_at is not None
                 self._rows[name] = replace(
                     self._rows[name], failing_since=None, breaker_opened_at=None, next_probe_at=None
                 )
                 event = "breaker_closed" if was_open else "webhook_recovered"
-                self._log.info(event, webhook=name, failing_since=row.failing_since.isoformat())
+                since = row.failing_since or row.breaker_opened_at
+                assert since is not None
+                self._log.info(event, webhook=name, failing_since=since.isoformat())
             return True
         error = attempt.error or "failed"
         if probe:

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from poller.states import WebhookMode, WebhookState
 from poller.store.base import StoreBase, translated
@@ -150,6 +150,22 @@ class WebhookStates(StoreBase):
             )
 
     @translated
+    async def probe_now(self, name: str, *, now: dt.datetime) -> bool:
+        """Make ``name``'s next breaker probe due at once (``poller webhooks resume`` on an
+        open breaker); False when its breaker is not open."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(webhooks)
+                .where(
+                    webhooks.c.name == name,
+                    webhooks.c.mode == WebhookMode.ACTIVE.value,
+                    webhooks.c.breaker_opened_at.is_not(None),
+                )
+                .values(next_probe_at=self._at(now))
+            )
+        return bool(result.rowcount)
+
+    @translated
     async def take_probe(self, name: str, *, interval: float, now: dt.datetime) -> bool:
         """Take the breaker's probe that is due, if any, and set the next one ``interval``
         seconds on: True for exactly one instance per probe."""
@@ -172,7 +188,13 @@ class WebhookStates(StoreBase):
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(webhooks)
-                .where(webhooks.c.name == name, webhooks.c.failing_since.is_not(None))
+                .where(
+                    webhooks.c.name == name,
+                    or_(
+                        webhooks.c.failing_since.is_not(None),
+                        webhooks.c.breaker_opened_at.is_not(None),
+                    ),
+                )
                 .values(failing_since=None, breaker_opened_at=None, next_probe_at=None)
             )
         return bool(result.rowcount)

@@ -23,6 +23,9 @@ from standardwebhooks import Webhook
 from poller.receiver import Receiver
 from poller.signing import SigningKey
 from poller.simulator import Simulator
+from poller.store.db import create_engine
+from poller.store.repo import Store
+from poller.timeutil import utcnow
 from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, free_port
 from tests.e2e.test_cli import assert_one_line_error
 from tests.e2e.test_daemon import (
@@ -426,6 +429,45 @@ async def test_pause_and_resume_by_hand_while_the_daemon_runs(
     assert (code, err) == (0, "")
     await wait_delivered(filled.receiver, {("all", event["id"])}, filled.daemon)
     assert filled.arrivals("all", event["id"]) == 1
+
+
+async def test_resume_on_an_open_breaker_takes_a_probe_at_once(
+    filled: Filled, simulator: Simulator, store_url: str
+) -> None:
+    code, out, err = await filled.cli("webhooks", "pause", "all")
+    await wait_log(filled.daemon, mode_changed("all", "paused"), "the daemon to see the pause", 5)
+    # Meanwhile its breaker opened, with the next probe an hour away.
+    engine = create_engine(store_url)
+    try:
+        store = Store(engine, instance_id="operator")
+        opened = await store.open_breaker("all", error="HTTP 503", probe_after=3600, now=utcnow())
+        assert opened
+    finally:
+        await engine.dispose()
+    event = simulator.add_event("room-a")
+    await eventually_pending(filled, event["id"])
+
+    code, out, err = await filled.cli("webhooks", "resume", "all")
+    assert (code, err) == (0, "")
+    assert "all resumed" in out
+    (listed,) = [w for w in await filled.json("webhooks", "list") if w["name"] == "all"]
+    assert listed["state"] == "breaker_open"
+    code, out, err = await filled.cli("webhooks", "resume", "all")  # try it now
+    assert (code, err) == (0, "")
+    assert out.strip() == (
+        "all's breaker is open: its next probe is due now (a running daemon follows within "
+        "1s); a 2xx closes it"
+    )
+    # Without the probe it would wait an hour.
+    await wait_delivered(filled.receiver, {("all", event["id"])}, filled.daemon)
+    await wait_log(
+        filled.daemon,
+        lambda log: log.get("event") == "breaker_closed" and log.get("webhook") == "all",
+        "the probe's 2xx to close the breaker",
+        5,
+    )
+    (listed,) = [w for w in await filled.json("webhooks", "list") if w["name"] == "all"]
+    assert listed["state"] == "active"
 
 
 async def test_410_disables_until_enabled_and_nothing_is_lost(
