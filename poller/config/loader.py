@@ -112,7 +112,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
 def _adaptive(src: Source, poll: PollTable, *, discovery: bool) -> dict[str, Any]:
     """The adaptive keys of PollConfig; idle rooms are never polled faster than active ones."""
     adaptive = discovery if poll.adaptive is None else poll.adaptive
-    if adaptive and poll.idle_interval < poll.interval:
+    idle_interval = max(600.0, poll.interval) if poll.idle_interval is None else poll.idle_interval
+    if adaptive and idle_interval < poll.interval:
         raise src.error(
             ("poll", "idle_interval"),
             f"must be at least poll.interval ({format_duration(poll.interval)}): "
@@ -120,7 +121,7 @@ def _adaptive(src: Source, poll: PollTable, *, discovery: bool) -> dict[str, Any
         )
     return {
         "adaptive": adaptive,
-        "idle_interval": poll.idle_interval,
+        "idle_interval": idle_interval,
         "active_window": poll.active_window,
         "sessions_interval": poll.sessions_interval,
     }

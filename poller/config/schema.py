@@ -303,9 +303,10 @@ class PollTable(_Table):
     """true: a room with a live session, or one that ended within active_window, is polled
     every interval, every other room every idle_interval (default: true when [discovery] is
     enabled, else false)."""
-    idle_interval: Interval = Field("10m", validate_default=True)
-    """With adaptive: how often a room without a recent session is polled (at least
-    interval); the catch-all that keeps correctness independent of the sessions API."""
+    idle_interval: Interval | None = None
+    """With adaptive: how often a room without a recent session is polled, at least
+    interval (default: 10m, or interval if longer); the catch-all that keeps correctness
+    independent of the sessions API."""
     active_window: ActiveWindow = Field("2h", validate_default=True)
     """With adaptive: a room stays active this long after its session ended (its recording
     is still coming)."""
