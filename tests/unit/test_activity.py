@@ -58,6 +58,7 @@ class Sessions:
         self.listed: list[SessionInfo] = []
         self.calls: list[tuple[bool, str | None]] = []
         self.failing = False
+        self.failing_recent = False  # only the second listing of a walk fails
 
     def start(self, session_id: str, room_id: str, at: dt.datetime) -> None:
         self.listed.append(SessionInfo(session_id, room_id, True, stamp(at), stamp(at)))
@@ -72,7 +73,7 @@ class Sessions:
         self, *, active: bool, after: str | None = None
     ) -> AsyncIterator[SessionInfo]:
         self.calls.append((active, after))
-        if self.failing:
+        if self.failing or (self.failing_recent and not active):
             raise ApiError("GET /sessions: HTTP 503")
         for s in list(self.listed):
             if (not active or s.active) and (after is None or s.created_at > after):
@@ -221,6 +222,23 @@ async def test_a_failed_walk_changes_nothing(
     assert activity.state("r1").reason is Reason.LIVE
     assert [e["event"] for e in logs] == ["sessions_walk_failed"]
     assert logs[0]["log_level"] == "warning"
+
+
+async def test_a_walk_whose_second_listing_fails_changes_nothing(
+    api: Sessions, polled: PolledRooms, activity: Activity, clock: Clock
+) -> None:
+    api.start("s1", "r1", T0)
+    await activity.walk()
+    api.end("s1", T0)
+    api.start("s2", "r2", T0)
+    api.failing_recent = True
+    clock.now = T0 + WINDOW + dt.timedelta(seconds=1)
+
+    outcome = await activity.walk()
+
+    assert not outcome.ok
+    assert intervals(polled) == {"r1": FAST, "r2": IDLE, "r3": IDLE}
+    assert activity.state("r1").reason is Reason.LIVE
 
 
 async def test_after_a_failed_walk_the_next_reaches_back_to_the_last_good_one(
