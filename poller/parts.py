@@ -136,6 +136,7 @@ def build(config: Config, store: Store) -> Parts:
         interval=config.poll.interval,
         lease_ttl=config.poll.lease_ttl,
         delivery_timeout=config.delivery.timeout,
+        idle_interval=config.poll.idle_interval if config.poll.adaptive else None,
     )
     metrics = Metrics(instance=store.instance_id, version=__version__)
     tokens = tokens_for(config)
