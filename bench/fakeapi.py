@@ -14,6 +14,11 @@ room with LOW to HIGH events (``--total`` in all). Control and stats endpoints:
 - ``GET /_visible``: ``{event id: monotonic time it became visible}``
 - ``POST /_inject?rate=R&count=C&rooms=N``: append C events at R per second,
   round-robin over the first N rooms, recording when each became visible.
+- ``GET /sessions``: the sessions listing (``active``, default true: live only;
+  ``after``: created after; ``limit``/``start`` paging, ``last`` the next start),
+  served from the model that ``POST /_sessions`` starts (see ``SessionModel``):
+  rooms hold sessions and each session's recording appears a while after its end,
+  recorded in ``/_visible``. ``/_stats`` then also counts ``sessions_requests``.
 
 ``time.monotonic()`` is CLOCK_MONOTONIC, shared by every process on the host,
 so these times compare directly with the sink's.
@@ -23,9 +28,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import dataclasses
+import datetime as dt
+import itertools
+import json
 import random
 import sys
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -33,6 +44,45 @@ from bench.events import backlog, compact, make_event, preloaded, room_counts, r
 from bench.procs import serve_until_signalled
 
 _JSON = "application/json"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionModel:
+    """Sessions at a fast clock: every duration is the modelled one divided by ``speed``.
+
+    Each modelled hour ``share`` of the rooms start a session (at random rooms, evenly
+    spaced), each lasting ``minutes``; its recording appears ``recording`` (low, high)
+    minutes after its end. ``history`` modelled minutes of such sessions are laid out
+    before the start, so the walks meet a steady state at once (their recordings that
+    are already due are in the rooms' history, not measured).
+    """
+
+    speed: float
+    share: float = 0.02
+    minutes: float = 30.0
+    recording: tuple[float, float] = (1.0, 5.0)
+    history: float = 180.0
+
+    def seconds(self, minutes: float) -> float:
+        """Real seconds of so many modelled minutes."""
+        return minutes * 60.0 / self.speed
+
+
+@dataclasses.dataclass(slots=True)
+class _Session:
+    id: str
+    room_id: str
+    start: float  # wall time, seconds
+    end: float
+    created_at: str
+    updated_at: str
+    body_live: bytes
+    body_ended: bytes
+
+
+def _stamp(wall: float) -> str:
+    when = dt.datetime.fromtimestamp(wall, dt.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class FakeApi:
@@ -50,6 +100,9 @@ class FakeApi:
         self._empty: dict[int, bytes] = {}
         self.walk_starts: dict[str, list[float]] = {room: [] for room in rooms}
         self.walked: dict[str, int] = dict.fromkeys(rooms, 0)
+        self.sessions_requests = 0
+        self._sessions: list[_Session] = []  # by start (and so by created_at)
+        self._session_task: asyncio.Task[None] | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -58,7 +111,92 @@ class FakeApi:
         app.router.add_get("/_visible", self.visible_times)
         app.router.add_get("/_walks", self.walk_times)
         app.router.add_post("/_inject", self.inject)
+        app.router.add_get("/sessions", self.sessions)
+        app.router.add_post("/_sessions", self.start_sessions)
         return app
+
+    async def sessions(self, request: web.Request) -> web.Response:
+        self.sessions_requests += 1
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return web.Response(status=401, body=b'{"code":401,"message":"no token"}')
+        query = request.query
+        live_only = query.get("active", "true") == "true"
+        after = query.get("after")
+        limit = min(100, int(query.get("limit", "10")))
+        offset = int(query.get("start") or 0)
+        now = time.time()
+        first = 0
+        if after is not None:
+            first = bisect.bisect_right([s.created_at for s in self._sessions], after)
+        matched = [
+            s for s in self._sessions[first:] if s.start <= now and (not live_only or s.end > now)
+        ]
+        page = matched[offset : offset + limit]
+        last = str(offset + limit) if offset + limit < len(matched) else ""
+        items = b",".join(s.body_live if s.end > now else s.body_ended for s in page)
+        body = b'{"limit":%d,"data":[%s],"last":"%s"}' % (limit, items, last.encode())
+        return web.Response(body=body, content_type=_JSON)
+
+    async def start_sessions(self, request: web.Request) -> web.Response:
+        if self._session_task is not None:
+            return web.Response(status=409)
+        model = SessionModel(
+            speed=float(request.query["speed"]),
+            share=float(request.query.get("share", "0.02")),
+            minutes=float(request.query.get("minutes", "30")),
+            history=float(request.query.get("history", "180")),
+        )
+        self._session_task = asyncio.create_task(self._run_sessions(model))
+        return web.Response(status=202)
+
+    async def _run_sessions(self, model: SessionModel) -> None:
+        """Lay out the history, then start sessions as the model says, and publish each
+        recording when it is due."""
+        hour = model.seconds(60.0)
+        gap = hour / max(1e-9, model.share * len(self.order))  # between two session starts
+        wall0 = time.time()
+        loop = asyncio.get_running_loop()
+        for n in itertools.count():
+            start = wall0 - model.seconds(model.history) + n * gap
+            now = time.time()
+            if start > now:
+                await asyncio.sleep(start - now)
+            room = self._rng.choice(self.order)
+            end = start + model.seconds(model.minutes)
+            low, high = model.recording
+            ready = end + model.seconds(self._rng.uniform(low, high))
+            self._add_session(n, room, start, end)
+            event = make_event(self._rng, room, int(ready * 1e9))
+            if ready <= wall0:
+                self.rooms[room].append(compact(event).encode())  # history: not measured
+            else:
+                loop.call_later(ready - time.time(), self._publish, room, event)
+
+    def _publish(self, room: str, event: dict[str, Any]) -> None:
+        self.rooms[room].append(compact(event).encode())
+        self.visible[str(event["id"])] = time.monotonic()
+        self.injected += 1
+
+    def _add_session(self, n: int, room: str, start: float, end: float) -> None:
+        sid = f"s{n:08d}"
+        created, ended = _stamp(start), _stamp(end)
+
+        def body(active: bool) -> bytes:
+            updated = created if active else ended
+            return json.dumps(
+                {
+                    "id": sid,
+                    "room_id": room,
+                    "active": active,
+                    "created_at": created,
+                    "updated_at": updated,
+                },
+                separators=(",", ":"),
+            ).encode()
+
+        self._sessions.append(
+            _Session(sid, room, start, end, created, ended, body(True), body(False))
+        )
 
     async def events(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -104,6 +242,7 @@ class FakeApi:
                 "walked_min": min(self.walked.values(), default=0),
                 "injected": self.injected,
                 "inject_done": self.inject_done,
+                "sessions_requests": self.sessions_requests,
             }
         )
 
@@ -193,4 +332,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["FakeApi", "build_rooms", "main"]
+__all__ = ["FakeApi", "SessionModel", "build_rooms", "main"]

@@ -9,7 +9,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -59,17 +59,26 @@ def daemon_config(
     poll_concurrency: int = 32,
     delivery_concurrency: int = 64,
     log_level: str = "info",
+    poll_extra: Sequence[str] = (),
+    max_requests_per_second: float | None = None,
 ) -> str:
-    """A poller config.toml for one benchmark (JSON logs at ``log_level``, no HTTP server)."""
+    """A poller config.toml for one benchmark (JSON logs at ``log_level``, no HTTP server);
+    ``poll_extra`` are more ``key = value`` lines of [poll]."""
     lines = [
         'shutdown_grace = "10s"',
         "[hms]",
         f"base_url = {_toml_str(api_url)}",
         f"management_token = {_toml_str(TOKEN)}",
+        *(
+            [f"max_requests_per_second = {max_requests_per_second!r}"]
+            if max_requests_per_second is not None
+            else []
+        ),
         "[poll]",
         f"interval = {interval!r}",
         f"backfill = {'true' if backfill else 'false'}",
         f"max_concurrency = {poll_concurrency}",
+        *poll_extra,
         "[store]",
         f"url = {_toml_str(store_url)}",
         "[delivery]",

@@ -647,3 +647,102 @@ def memory(ctx: Context, rooms: int, events: int) -> Row:
         "bound_s": bound,
         "exit_code": busy.exit_code,
     }
+
+
+# --- 8. adaptive polling: fewer requests for the same recordings -------------------------
+
+# The modelled durations (seconds), all divided by the scenario's speed.
+_MODEL_INTERVAL = 30.0
+_MODEL_IDLE = 600.0
+_MODEL_WINDOW = 7200.0
+_MODEL_SESSIONS = 30.0
+
+
+def _adaptive_run(ctx: Context, rooms: int, speed: float, window: float, adaptive: bool) -> Row:
+    """One mode: the fake API's session model from the start, the measured window after a
+    warm-up of two intervals (every room's first poll, the first sessions walk)."""
+    mode = "adaptive" if adaptive else "fixed"
+    interval = _MODEL_INTERVAL / speed
+    extra = [
+        f"adaptive = {'true' if adaptive else 'false'}",
+        f"idle_interval = {_MODEL_IDLE / speed!r}",
+        f"active_window = {_MODEL_WINDOW / speed!r}",
+        f"sessions_interval = {_MODEL_SESSIONS / speed!r}",
+    ]
+    with Children(ctx.workdir) as children:
+        hooks = new_hooks(1)
+        api, _ = _fake_api(children, "--rooms", str(rooms))
+        sink = _sink(children, hooks)
+        config = daemon_config(
+            api_url=api,
+            sink_url=sink,
+            store_url=_store(ctx, "sqlite", f"adaptive-{mode}"),
+            rooms=room_ids(rooms),
+            hooks=hooks,
+            interval=interval,
+            # Recordings already there at a room's first poll are history, not measured.
+            backfill=False,
+            poll_extra=extra,
+            # The comparison is of what each mode asks, not of a budget that caps both.
+            max_requests_per_second=10_000.0,
+        )
+        daemon = start_daemon(children, f"daemon-adaptive-{mode}", config)
+        # 3 modelled hours of sessions before now: the walks meet a steady state at once.
+        post(f"{api}/_sessions?speed={speed!r}&history=180")
+        time.sleep(max(2 * interval, 3.0))
+        s0, d0, t0 = get_json(f"{api}/_stats"), daemon.child.usage(), time.monotonic()
+        time.sleep(window)
+        s1, d1, t1 = get_json(f"{api}/_stats"), daemon.child.usage(), time.monotonic()
+        visible: dict[str, float] = get_json(f"{api}/_visible")
+        measured = {i: t for i, t in visible.items() if t0 <= t <= t1}
+        receipts: dict[str, float] = {}
+
+        def arrived() -> bool:
+            receipts.update(get_json(f"{sink}/_receipts"))
+            return all(i in receipts for i in measured)
+
+        # A recording in an idle room waits an idle interval at most (the catch-all).
+        with contextlib.suppress(BenchError):
+            _wait("the window's recordings to arrive", arrived, _MODEL_IDLE / speed + 30, 0.25)
+        code = daemon.stop()
+    lat = [receipts[i] - t for i, t in measured.items() if i in receipts]
+    requests = (s1["requests"] - s0["requests"]) + (
+        s1["sessions_requests"] - s0["sessions_requests"]
+    )
+    model_hours = (t1 - t0) * speed / 3600.0
+    cpu = d1.cpu_s - d0.cpu_s
+    return {
+        "mode": mode,
+        "requests_per_model_hour": round(requests / model_hours),
+        "sessions_requests_per_model_hour": round(
+            (s1["sessions_requests"] - s0["sessions_requests"]) / model_hours
+        ),
+        "recordings": len(measured),
+        "received": len(lat),
+        "p50_ms": round(1000 * _percentile(lat, 0.5), 1) if lat else None,
+        "p99_ms": round(1000 * _percentile(lat, 0.99), 1) if lat else None,
+        "max_ms": round(1000 * max(lat), 1) if lat else None,
+        "daemon_cpu_util": round(cpu / (t1 - t0), 3),
+        "exit_code": code,
+    }
+
+
+def adaptive(ctx: Context, rooms: int, speed: float, window: float) -> Row:
+    """``rooms`` rooms, 2 % of which hold a 30-minute session each hour, each recording
+    1-5 minutes after its session's end, at a clock ``speed`` times fast (every duration
+    divided by it), measured for ``window`` real seconds: fixed poll.interval against
+    adaptive polling (the defaults: 30 s, idle 10 m, window 2 h, sessions walk 30 s).
+    Requests are per modelled hour; latencies are real, from visible at the API to the
+    sink (each mode's bound: one interval, interval / speed, plus 5 s)."""
+    fixed = _adaptive_run(ctx, rooms, speed, window, adaptive=False)
+    adapted = _adaptive_run(ctx, rooms, speed, window, adaptive=True)
+    ratio = fixed["requests_per_model_hour"] / max(1, adapted["requests_per_model_hour"])
+    return {
+        "rooms": rooms,
+        "speed": speed,
+        "interval_s": _MODEL_INTERVAL / speed,
+        "window_s": window,
+        "fixed": fixed,
+        "adaptive": adapted,
+        "requests_ratio": round(ratio, 2),
+    }

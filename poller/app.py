@@ -80,6 +80,7 @@ class Daemon:
                 instance=parts.store.instance_id,
                 rooms=len(parts.rooms.ids),
                 discovery=config.discovery.enabled,
+                adaptive=config.poll.adaptive,
                 webhooks=len(config.webhooks),
                 store=config.store.masked_url(),
             )

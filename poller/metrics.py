@@ -15,6 +15,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from poller.activity import Activity, SessionsOutcome, State
 from poller.budget import RequestBudget
 from poller.delivery.sender import Attempt, Target
 from poller.discovery import DiscoveryOutcome
@@ -100,6 +101,29 @@ class _Rooms(Collector):
         for origin in Origin:
             family.add_metric([origin.value], self._rooms.count(origin))
         yield family
+
+
+class _Activity(Collector):
+    def __init__(self, activity: Activity) -> None:
+        self._activity = activity
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "poller_rooms_by_state",
+            "Rooms this instance polls, by pace: active (a session live or ended within "
+            "poll.active_window: every poll.interval) or idle (every poll.idle_interval).",
+            labels=["state"],
+        )
+        counts = self._activity.by_state()
+        for state in State:
+            family.add_metric([state.value], counts[state])
+        yield family
+        yield GaugeMetricFamily(
+            "poller_active_rooms",
+            "Rooms of the app with a session live or ended within poll.active_window, as of "
+            "the latest complete GET /sessions walk (polled by this instance or not).",
+            value=self._activity.active_rooms,
+        )
 
 
 class Metrics:
@@ -196,6 +220,12 @@ class Metrics:
             "Rooms the latest complete walk of GET /rooms listed (after the filters).",
             registry=r,
         )
+        self._sessions_walks = Counter(
+            "poller_sessions_walks",
+            "Walks of GET /sessions by adaptive polling, by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
         self.paced = Counter(
             "poller_rate_limit_wait_seconds",
             "Time deliveries waited for their turn under the webhook's rate_limit.",
@@ -237,6 +267,14 @@ class Metrics:
         self._discovery_walks.labels(outcome="ok" if outcome.ok else "error").inc()
         if outcome.ok:
             self._discovery_listed.set(outcome.listed)
+
+    def watch_activity(self, activity: Activity) -> None:
+        """Export how many rooms are polled at each pace (adaptive polling)."""
+        self.registry.register(_Activity(activity))
+
+    def observe_sessions(self, outcome: SessionsOutcome) -> None:
+        """Count one walk of GET /sessions."""
+        self._sessions_walks.labels(outcome="ok" if outcome.ok else "error").inc()
 
     def watch_budget(self, budget: RequestBudget) -> None:
         """Export the API request budget and the waits for it (see poller.budget)."""

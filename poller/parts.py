@@ -18,6 +18,7 @@ import aiohttp
 import structlog
 
 from poller import __version__
+from poller.activity import Activity
 from poller.budget import RequestBudget
 from poller.config import Config
 from poller.coordination import Coordination
@@ -109,6 +110,7 @@ class Parts:
     share: PollShare
     rooms: PolledRooms
     discovery: Discovery | None
+    activity: Activity | None
     coordination: Coordination
     health: Health
     server: HealthServer | None
@@ -136,6 +138,7 @@ def build(config: Config, store: Store) -> Parts:
         interval=config.poll.interval,
         lease_ttl=config.poll.lease_ttl,
         delivery_timeout=config.delivery.timeout,
+        idle_interval=config.poll.idle_interval if config.poll.adaptive else None,
     )
     metrics = Metrics(instance=store.instance_id, version=__version__)
     tokens = tokens_for(config)
@@ -200,6 +203,9 @@ def build(config: Config, store: Store) -> Parts:
         timeout=timings.job_timeout,
         lateness=lateness,
         gate=functools.partial(_admitted, share, budget),
+        # Adaptive: rooms start idle (after a first poll within one interval, as ever);
+        # the sessions walks make the active ones fast.
+        settle_to=config.poll.idle_interval if config.poll.adaptive else None,
     )
     metrics.watch_rooms(rooms)
     coordination = Coordination(store, timings, rooms.ids)
@@ -247,6 +253,17 @@ def build(config: Config, store: Store) -> Parts:
             config.discovery.interval,
             discovery.walk,
             timeout=max(60.0, config.discovery.interval),
+        )
+    activity: Activity | None = None
+    if config.poll.adaptive:
+        activity = Activity(client, rooms, config.poll, on_walk=metrics.observe_sessions)
+        metrics.watch_activity(activity)
+        # The first walk at once: after a (re)start, the active rooms are fast from the start.
+        scheduler.every(
+            "sessions",
+            config.poll.sessions_interval,
+            activity.walk,
+            timeout=max(60.0, config.poll.sessions_interval),
         )
     scheduler.every(
         "heartbeat",
@@ -301,6 +318,7 @@ def build(config: Config, store: Store) -> Parts:
         share=share,
         rooms=rooms,
         discovery=discovery,
+        activity=activity,
         coordination=coordination,
         health=health,
         server=server,

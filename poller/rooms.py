@@ -1,14 +1,16 @@
 """The rooms this daemon polls, each an interval job: those of the config, and those
-discovery finds (``poller.discovery``), added and retired while it runs."""
+discovery finds (``poller.discovery``), added and retired while it runs. With adaptive
+polling (``poller.activity``) each room's interval changes while it runs, too."""
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
-import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from poller.schedule import Gate, Lateness, Scheduler
+from poller.timeutil import utcnow
 
 __all__ = ["Origin", "PolledRooms"]
 
@@ -32,14 +34,20 @@ class PolledRooms:
         timeout: float,
         lateness: Lateness | None = None,
         gate: Gate | None = None,
+        settle_to: float | None = None,
     ) -> None:
+        """Each room is first polled within one ``interval`` (spread), then every
+        ``settle_to`` if given (adaptive: rooms start idle), else every ``interval``."""
         self._scheduler = scheduler
         self._poll = poll
         self._interval = interval
+        self._settle_to = interval if settle_to is None else settle_to
         self._timeout = timeout
         self._lateness = lateness
         self._gate = gate
         self._origins: dict[str, Origin] = {}
+        self._intervals: dict[str, float] = {}
+        self._began: dict[str, dt.datetime] = {}  # when each room's latest poll began
 
     @property
     def ids(self) -> Collection[str]:
@@ -76,17 +84,57 @@ class PolledRooms:
         """Poll the room no more (a poll under way finishes)."""
         if self._origins.pop(room_id, None) is None:
             return False
+        self._intervals.pop(room_id, None)
+        self._began.pop(room_id, None)
         self._scheduler.remove(_job_id(room_id))
+        return True
+
+    def interval_of(self, room_id: str) -> float | None:
+        """The seconds between this room's polls now (None: not polled)."""
+        return self._intervals.get(room_id)
+
+    def set_interval(
+        self, room_id: str, interval: float, *, now: dt.datetime | None = None
+    ) -> bool:
+        """Poll this room every ``interval`` from now on; False when it is not polled, or
+        already at that interval (then nothing is touched).
+
+        The next poll comes ``interval`` after the latest one began, or now if that is
+        past: a room that turns fast is polled at once when it has waited that long. A
+        room not polled yet keeps its first poll (startup spreads those over an interval).
+        """
+        current = self._intervals.get(room_id)
+        if current is None or current == interval:
+            return False
+        now = now or utcnow()
+        began = self._began.get(room_id)
+        if began is not None:
+            first = began + dt.timedelta(seconds=interval)
+        else:
+            first = self._scheduler.next_run(_job_id(room_id)) or now
+        # A run under way finishes; the job starts anew with the new interval.
+        self._scheduler.remove(_job_id(room_id))
+        self._start(room_id, interval, first_in=max(0.0, (first - now).total_seconds()))
         return True
 
     def _schedule(self, room_id: str, origin: Origin, *, first_in: float) -> None:
         self._origins[room_id] = origin
+        self._start(room_id, self._settle_to, first_in=first_in)
+
+    def _start(self, room_id: str, interval: float, *, first_in: float) -> None:
+        self._intervals[room_id] = interval
+
+        async def poll() -> None:
+            if room_id in self._origins:  # not a run that waited past its room's removal
+                self._began[room_id] = utcnow()
+            await self._poll(room_id)
+
         self._scheduler.every(
             _job_id(room_id),
-            self._interval,
-            functools.partial(self._poll, room_id),
+            interval,
+            poll,
             first_in=first_in,
-            jitter=min(self._interval * 0.1, 5.0),
+            jitter=min(interval * 0.1, 5.0),
             timeout=self._timeout,
             lateness=self._lateness,
             gate=self._gate,

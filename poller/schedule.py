@@ -147,6 +147,12 @@ class Scheduler:
             misfire_grace_time=max(1, int(interval)),
         )
 
+    def next_run(self, job_id: str) -> dt.datetime | None:
+        """When ``job_id`` fires next (None: no such job, or the scheduler is paused)."""
+        job = self._scheduler.get_job(job_id)
+        when: dt.datetime | None = None if job is None else job.next_run_time
+        return when
+
     def remove(self, job_id: str) -> bool:
         """Fire ``job_id`` no more (a run under way finishes); False if it was not there."""
         if self._scheduler.get_job(job_id) is None:

@@ -36,9 +36,20 @@ class Timings:
     stall_after: float  # /healthz: the delivery loop not turning this long is a hang
 
     @classmethod
-    def derive(cls, *, interval: float, lease_ttl: float, delivery_timeout: float) -> Timings:
-        """The table for ``poll.interval``, ``poll.lease_ttl`` and ``delivery.timeout``."""
+    def derive(
+        cls,
+        *,
+        interval: float,
+        lease_ttl: float,
+        delivery_timeout: float,
+        idle_interval: float | None = None,
+    ) -> Timings:
+        """The table for ``poll.interval``, ``poll.lease_ttl`` and ``delivery.timeout``
+        (and ``poll.idle_interval`` with adaptive polling)."""
         walk_timeout = max(3 * interval, 60.0)
+        # With adaptive polling a room may wait an idle interval between polls: a daemon
+        # whose rooms are all idle is still doing its job.
+        slowest = interval if idle_interval is None else max(interval, idle_interval)
         timings = cls(
             interval=interval,
             walk_timeout=walk_timeout,
@@ -53,7 +64,7 @@ class Timings:
             # Past one attempt's timeout, with room for a slow store write of the outcome;
             # a delivery claimed by an instance that died is retried after this.
             claim_ttl=2 * delivery_timeout + 5.0,
-            ready_window=walk_timeout,
+            ready_window=walk_timeout if slowest == interval else slowest + walk_timeout,
             # Long enough that a fault which lasts is seen again by a periodic operation
             # (the heartbeat, the delivery loop's claims), short enough that a one-off
             # operation's failure (a metrics scrape) does not keep /readyz at 503.

@@ -8,9 +8,11 @@ import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
+from poller.config.durations import format_duration
 from poller.config.messages import Loc, Source, key_path, translate
 from poller.config.model import (
     Config,
@@ -26,7 +28,7 @@ from poller.config.model import (
     WebhookConfig,
 )
 from poller.config.proxy import route_for
-from poller.config.schema import ConfigFile, HmsTable, WebhookTable
+from poller.config.schema import ConfigFile, HmsTable, PollTable, WebhookTable
 from poller.config.secrets import read_secret
 from poller.config.tls import TlsFiles, TlsLoader
 from poller.config.values import HEADER_NAME
@@ -88,6 +90,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
             max_pages=poll.max_pages,
             max_page_bytes=poll.max_page_bytes,
             max_page_events=poll.max_page_events,
+            **_adaptive(src, poll, discovery=discovery.enabled),
         ),
         store=StoreConfig(url=Secret(store.url)),
         delivery=DeliveryConfig(
@@ -117,6 +120,24 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
         instance_id=file.instance_id,
         discovery=discovery,
     )
+
+
+def _adaptive(src: Source, poll: PollTable, *, discovery: bool) -> dict[str, Any]:
+    """The adaptive keys of PollConfig; idle rooms are never polled faster than active ones."""
+    adaptive = discovery if poll.adaptive is None else poll.adaptive
+    idle_interval = max(600.0, poll.interval) if poll.idle_interval is None else poll.idle_interval
+    if adaptive and idle_interval < poll.interval:
+        raise src.error(
+            ("poll", "idle_interval"),
+            f"must be at least poll.interval ({format_duration(poll.interval)}): "
+            "idle rooms are polled less often than active ones",
+        )
+    return {
+        "adaptive": adaptive,
+        "idle_interval": idle_interval,
+        "active_window": poll.active_window,
+        "sessions_interval": poll.sessions_interval,
+    }
 
 
 def _read_toml(src: Source) -> dict[str, object]:

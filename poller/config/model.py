@@ -150,6 +150,12 @@ class PollConfig:
     max_pages: int  # pages per walk
     max_page_bytes: int  # bytes per response body
     max_page_events: int  # events per page
+    # Adaptive polling (poller.activity): active rooms every interval, the rest every
+    # idle_interval; a room is active while a session is live or ended within active_window.
+    adaptive: bool = False
+    idle_interval: float = 600.0
+    active_window: float = 7200.0
+    sessions_interval: float = 30.0  # one GET /sessions walk for the whole app
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,6 +224,9 @@ Interval = Annotated[float, *_duration(allow_zero=False, maximum=_DAY)]
 # The rooms of an instance that stopped wait this long: a few intervals, never weeks.
 LeaseTtl = Annotated[float, *_duration(allow_zero=False, maximum=7 * _DAY)]
 DiscoveryInterval = Annotated[float, *_duration(allow_zero=False, maximum=_DAY)]
+# How long a room stays fast after its session: 0 is "only while live"; past the API's
+# 30 days of events a room would be fast for nothing.
+ActiveWindow = Annotated[float, *_duration(allow_zero=True, maximum=30 * _DAY)]
 # Longer than the API keeps events (30 days) would poll a room that can hold nothing new.
 Keep = Annotated[float, *_duration(allow_zero=True, maximum=30 * _DAY)]
 RetryDelay = Annotated[
@@ -303,7 +306,20 @@ class PollTable(_Table):
     """When and how much to ask the API for."""
 
     interval: Interval = Field("30s", validate_default=True)
-    """Per room; rooms are spread over the interval."""
+    """Per room (with adaptive, per active room); rooms are spread over the interval."""
+    adaptive: bool | None = None
+    """true: a room with a live session, or one that ended within active_window, is polled
+    every interval, every other room every idle_interval (default: true when [discovery] is
+    enabled, else false)."""
+    idle_interval: Interval | None = None
+    """With adaptive: how often a room without a recent session is polled, at least
+    interval (default: 10m, or interval if longer); the catch-all that keeps correctness
+    independent of the sessions API."""
+    active_window: ActiveWindow = Field("2h", validate_default=True)
+    """With adaptive: a room stays active this long after its session ended (its recording
+    is still coming)."""
+    sessions_interval: Interval = Field("30s", validate_default=True)
+    """With adaptive: how often GET /sessions is walked (one walk for the whole app)."""
     page_size: Annotated[int, Field(ge=1, le=100)] = 100
     """Events per request, 1..100."""
     backfill: bool = True

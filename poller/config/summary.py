@@ -124,6 +124,7 @@ def describe(config: Config, now: dt.datetime | None = None) -> str:
         f"backfill {'on' if poll.backfill else 'off'}, "
         f"up to {poll.max_concurrency} concurrent requests, "
         f"room leases {format_duration(poll.lease_ttl)}",
+        f"adaptive:    {_adaptive(config)}",
         f"discovery:   {_discovery(config)}",
         f"API budget:  {_budget(config)}",
         f"store:       {config.store.masked_url()}",
@@ -149,6 +150,8 @@ def _budget(config: Config) -> str:
         len(config.rooms),
         config.poll.interval,
     )
+    if config.poll.adaptive:
+        return _adaptive_budget(config)
     asked = rooms / interval
     text = (
         f"{budget:g} requests/s; {rooms} rooms every {format_duration(interval)} ask "
@@ -163,6 +166,43 @@ def _budget(config: Config) -> str:
             f"{format_duration(rooms / budget)}"
         )
     return text
+
+
+def _adaptive_budget(config: Config) -> str:
+    """With adaptive polling the load lies between all rooms idle and all rooms active."""
+    poll, budget, rooms = config.poll, config.hms.max_requests_per_second, len(config.rooms)
+    # Both walks of GET /sessions each sessions_interval, at one page each.
+    walks = 2 / poll.sessions_interval
+    idle = rooms / poll.idle_interval + walks
+    active = rooms / poll.interval + walks
+    text = (
+        f"{budget:g} requests/s; {rooms} rooms ask {idle:.3g}/s all idle "
+        f"({idle / budget:.0%} of it), {active:.3g}/s all active ({active / budget:.0%}), "
+        "at one page a poll, two GET /sessions listings a walk"
+    )
+    if config.discovery.enabled:
+        text += (
+            f"; each room discovery finds adds {1 / poll.idle_interval:.3g}/s idle, "
+            f"{1 / poll.interval:.3g}/s active"
+        )
+    if active > budget:
+        text += (
+            "; over the budget when all are active: polls wait their turn, each room about "
+            f"every {format_duration(rooms / budget)}"
+        )
+    return text
+
+
+def _adaptive(config: Config) -> str:
+    poll = config.poll
+    if not poll.adaptive:
+        return f"off (every room every {format_duration(poll.interval)})"
+    return (
+        f"on: rooms with a live session or one that ended within "
+        f"{format_duration(poll.active_window)} every {format_duration(poll.interval)}, "
+        f"the others every {format_duration(poll.idle_interval)}; "
+        f"GET /sessions every {format_duration(poll.sessions_interval)}"
+    )
 
 
 def _discovery(config: Config) -> str:

@@ -50,7 +50,9 @@ async def test_rooms_appear_leave_and_survive_a_restart(
             receiver,
             store_url,
             rooms=[],
-            poll={"interval": "300ms", "backfill": False},
+            # Every room at one pace: this is about the listing (tests/e2e/test_adaptive.py
+            # is about paces).
+            poll={"interval": "300ms", "backfill": False, "adaptive": False},
             discovery={
                 "enabled": True,
                 "interval": "300ms",

@@ -137,6 +137,10 @@ lease_ttl = "2m"
 max_pages = 500
 max_page_bytes = 2048
 max_page_events = 200
+adaptive = true
+idle_interval = "15m"
+active_window = "90m"
+sessions_interval = "45s"
 
 [store]
 url = "postgresql://poller:{DB_PASSWORD}@db.example.com:5432/poller"
@@ -220,6 +224,10 @@ def test_full_config_loads_every_key(tmp_path: Path) -> None:
             max_pages=500,
             max_page_bytes=2048,
             max_page_events=200,
+            adaptive=True,
+            idle_interval=900.0,
+            active_window=5400.0,
+            sessions_interval=45.0,
         ),
         store=StoreConfig(
             url=Secret(f"postgresql+asyncpg://poller:{DB_PASSWORD}@db.example.com:5432/poller")
@@ -286,6 +294,10 @@ def test_defaults(tmp_path: Path) -> None:
         max_pages=10_000,
         max_page_bytes=16 * 1024 * 1024,
         max_page_events=1_000,
+        adaptive=False,
+        idle_interval=600.0,
+        active_window=7200.0,
+        sessions_interval=30.0,
     )
     assert config.store.url.reveal() == "sqlite+aiosqlite:////var/lib/poller/poller.db"
     assert config.delivery == DeliveryConfig(
@@ -878,6 +890,55 @@ ERROR_CASES = [
         "hms.app_secret",
         "given both inline and as app_secret_file",
         id="secret-inline-and-file",
+    ),
+    # adaptive polling
+    pytest.param(
+        toml(tables='[poll]\nadaptive = true\nidle_interval = "10s"\n'),
+        "poll.idle_interval",
+        "must be at least poll.interval (30s): idle rooms are polled less often than active ones",
+        id="adaptive-idle-faster-than-active",
+    ),
+    pytest.param(
+        toml(tables='[poll]\nidle_interval = "0s"\n'),
+        "poll.idle_interval",
+        "greater than 0",
+        id="adaptive-idle-interval-zero",
+    ),
+    pytest.param(
+        toml(tables='[poll]\nidle_interval = "25h"\n'),
+        "poll.idle_interval",
+        "24h",
+        id="adaptive-idle-interval-too-long",
+    ),
+    pytest.param(
+        toml(tables='[poll]\nsessions_interval = "0s"\n'),
+        "poll.sessions_interval",
+        "greater than 0",
+        id="adaptive-sessions-interval-zero",
+    ),
+    pytest.param(
+        toml(tables='[poll]\nactive_window = "745h"\n'),
+        "poll.active_window",
+        "720h",
+        id="adaptive-window-too-long",
+    ),
+    pytest.param(
+        toml(tables='[poll]\nactive_window = "-1s"\n'),
+        "poll.active_window",
+        "must not be negative, got '-1s'",
+        id="adaptive-window-negative",
+    ),
+    pytest.param(
+        toml(tables='[poll]\nadaptive = "yes"\n'),
+        "poll.adaptive",
+        "expected a boolean",
+        id="adaptive-not-a-boolean",
+    ),
+    pytest.param(
+        toml(tables="[poll]\nadaptiv = true\n"),
+        "poll.adaptiv",
+        "unknown key (did you mean 'adaptive'?)",
+        id="adaptive-typo",
     ),
     # rooms
     pytest.param(
@@ -1684,8 +1745,12 @@ def test_describe(tmp_path: Path) -> None:
     assert f"    tls: CAs of {tmp_path / 'pki' / 'ca.pem'} only (1 certificate: " in text
     assert "    proxy: http://proxy.example.com:3128 (from proxy key)\n" in text
     assert (
-        "API budget:  50 requests/s; 2 rooms every 1m ask 0.0333/s at one page a poll (0% of it"
-        in text
+        "adaptive:    on: rooms with a live session or one that ended within 1h30m every 1m, "
+        "the others every 15m; GET /sessions every 45s" in text
+    )
+    assert (
+        "API budget:  50 requests/s; 2 rooms ask 0.0467/s all idle (0% of it), 0.0778/s all "
+        "active (0%), at one page a poll, two GET /sessions listings a walk" in text
     )
 
 
@@ -1696,6 +1761,38 @@ def test_describe_does_the_request_arithmetic_against_the_budget(tmp_path: Path)
 
     assert "API budget:  0.5 requests/s; 60 rooms every 1m ask 1/s at one page a poll (200%" in text
     assert "over the budget: polls wait their turn, each room about every 2m" in text
+
+
+def test_describe_adaptive_arithmetic_all_idle_and_all_active(tmp_path: Path) -> None:
+    rooms = "".join(f'[[rooms]]\nid = "room-{i:04}"\n' for i in range(1200))
+    tables = '[poll]\nadaptive = true\ninterval = "30s"\nidle_interval = "10m"\n'
+    text = describe(load(tmp_path, toml(rooms=rooms, tables=tables)))
+
+    # 1200 / 600 + 2 / 30 idle; 1200 / 30 + 2 / 30 active, against the default 50/s.
+    assert "1200 rooms ask 2.07/s all idle (4% of it), 40.1/s all active (80%)" in text
+    assert "over the budget" not in text
+    text = describe(load(tmp_path, toml(rooms=rooms, tables=tables.replace("30s", "20s"))))
+    assert "60.1/s all active (120%)" in text
+    assert (
+        "over the budget when all are active: polls wait their turn, each room about every 24s"
+        in text
+    )
+
+
+def test_adaptive_defaults_to_discovery(tmp_path: Path) -> None:
+    assert not load(tmp_path, toml()).poll.adaptive
+    assert "adaptive:    off (every room every 30s)" in describe(load(tmp_path, toml()))
+    found = load(tmp_path, toml(tables="[discovery]\nenabled = true\n"))
+    assert found.poll.adaptive
+    assert (found.poll.idle_interval, found.poll.sessions_interval) == (600.0, 30.0)
+    off = load(tmp_path, toml(tables="[poll]\nadaptive = false\n[discovery]\nenabled = true\n"))
+    assert not off.poll.adaptive
+    # A long interval raises the default idle interval with it: never an error by default.
+    slow = load(tmp_path, toml(tables='[poll]\ninterval = "1h"\nadaptive = true\n'))
+    assert slow.poll.idle_interval == 3600.0
+    # Only live sessions count with a window of 0.
+    live = load(tmp_path, toml(tables='[poll]\nadaptive = true\nactive_window = "0s"\n'))
+    assert live.poll.active_window == 0.0
 
 
 def test_describe_defaults_and_fixed_token(tmp_path: Path) -> None:

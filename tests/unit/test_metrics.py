@@ -135,3 +135,33 @@ def test_no_label_holds_an_id_or_a_secret() -> None:
     m = Metrics(instance="i", version="1")
     m.observe_poll(PollResult("room-secret-id", PollOutcome.OK, new=1))
     assert b"room-secret-id" not in m.render()
+
+
+async def test_adaptive_rooms_by_state_active_rooms_and_sessions_walks() -> None:
+    from poller.activity import Activity
+    from poller.hms.listing import SessionInfo
+    from poller.rooms import Origin, PolledRooms
+    from poller.schedule import Scheduler
+    from tests.unit.test_activity import CONFIG, Sessions, no_poll
+
+    api = Sessions()
+    rooms = PolledRooms(Scheduler(), no_poll, interval=30.0, timeout=60.0, settle_to=600.0)
+    rooms.add_all(["room-secret-1", "room-secret-2", "room-secret-3"], Origin.CONFIG)
+    m = Metrics(instance="i", version="1")
+    activity = Activity(api, rooms, CONFIG, on_walk=m.observe_sessions)
+    m.watch_activity(activity)
+    now = utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    api.listed.append(SessionInfo("s1", "room-secret-1", True, now, now))
+    api.listed.append(SessionInfo("s2", "not-polled-here", True, now, now))
+
+    await activity.walk()
+    api.failing = True
+    await activity.walk()
+
+    s = samples(m)
+    assert s[("poller_rooms_by_state", (("state", "active"),))] == 1
+    assert s[("poller_rooms_by_state", (("state", "idle"),))] == 2
+    assert s[("poller_active_rooms", ())] == 2
+    assert s[("poller_sessions_walks_total", (("outcome", "ok"),))] == 1
+    assert s[("poller_sessions_walks_total", (("outcome", "error"),))] == 1
+    assert b"room-secret" not in m.render()

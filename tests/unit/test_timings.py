@@ -36,3 +36,12 @@ def test_defaults_at_thirty_seconds() -> None:
         "store_fault_window": 15,
         "stall_after": 60,
     }
+
+
+def test_adaptive_polling_widens_the_ready_window_to_the_idle_pace() -> None:
+    t = Timings.derive(interval=30, lease_ttl=90, delivery_timeout=10, idle_interval=600)
+    # Every room idle: a poll every 10 m is the daemon doing its job, plus a walk's length.
+    assert t.ready_window == 690
+    assert (t.walk_timeout, t.cooldown, t.lease_ttl) == (90, 30, 90)
+    same = Timings.derive(interval=30, lease_ttl=90, delivery_timeout=10, idle_interval=30)
+    assert same.ready_window == 90
