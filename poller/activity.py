@@ -24,16 +24,18 @@ import dataclasses
 import datetime as dt
 import enum
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from typing import Protocol
 
 import structlog
 from structlog.typing import FilteringBoundLogger
 
 from poller.config import PollConfig
+from poller.errors import StoreError
 from poller.hms.client import ApiError
 from poller.hms.listing import SessionInfo
 from poller.rooms import PolledRooms
+from poller.store.repo import Pace
 from poller.timeutil import utcnow
 
 __all__ = ["Activity", "Reason", "RoomPace", "SessionsOutcome", "State"]
@@ -43,6 +45,12 @@ class SessionsSource(Protocol):
     """What the walk needs of the API (``poller.hms.client.HmsClient`` is the real one)."""
 
     def sessions(self, *, active: bool, after: str | None = None) -> AsyncIterator[SessionInfo]: ...
+
+
+class PaceStore(Protocol):
+    """Where paces are kept for ``poller status`` (``poller.store.repo.Store``)."""
+
+    async def record_paces(self, paces: Collection[Pace]) -> None: ...
 
 
 class State(enum.StrEnum):
@@ -103,9 +111,12 @@ class Activity:
         *,
         clock: Callable[[], dt.datetime] = utcnow,
         on_walk: Callable[[SessionsOutcome], None] | None = None,
+        store: PaceStore | None = None,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
         self._client = client
+        self._store = store
+        self._written: dict[str, Pace] = {}  # as the store has them, from this instance
         self._polled = polled
         self._interval = config.interval
         self._idle_interval = config.idle_interval
@@ -152,6 +163,7 @@ class Activity:
             self._note(live, recent, now)
             changed = self._apply(now)
             self._last_ok = now
+            await self._record()
             outcome = SessionsOutcome(
                 True,
                 now,
@@ -172,6 +184,23 @@ class Activity:
         self.last = outcome
         self._on_walk(outcome)
         return outcome
+
+    async def _record(self) -> None:
+        """Keep the paces that changed since the last write in the store (for status); a
+        store failure is retried at the next walk, and never fails this one."""
+        if self._store is None:
+            return
+        paces: dict[str, Pace] = {}
+        for room_id in self._polled.ids:
+            pace = self.state(room_id)
+            paces[room_id] = Pace(room_id, pace.interval, pace.reason.value, pace.until)
+        changed = [p for r, p in paces.items() if self._written.get(r) != p]
+        try:
+            await self._store.record_paces(changed)
+        except StoreError as exc:
+            self._log.warning("pace_write_failed", error=str(exc))
+            return
+        self._written = paces
 
     def _after(self, now: dt.datetime) -> str:
         """Sessions created after this may have ended within the window without being

@@ -256,7 +256,9 @@ def build(config: Config, store: Store) -> Parts:
         )
     activity: Activity | None = None
     if config.poll.adaptive:
-        activity = Activity(client, rooms, config.poll, on_walk=metrics.observe_sessions)
+        activity = Activity(
+            client, rooms, config.poll, on_walk=metrics.observe_sessions, store=store
+        )
         metrics.watch_activity(activity)
         # The first walk at once: after a (re)start, the active rooms are fast from the start.
         scheduler.every(

@@ -17,6 +17,7 @@ from poller.snapshot import (
     ago,
     describe_state,
     last_answer,
+    pace_text,
     rfc3339,
     snapshot,
 )
@@ -65,6 +66,8 @@ def status_text(snap: Snapshot) -> str:
         failing = f", {failed} failed walks in a row" if failed else ""
         baseline = "" if room.first_polled_at else ", no complete walk yet"
         owner = f", leased by {room.lease_owner}" if room.lease_owner else ""
+        if (pace := pace_text(room, now)) is not None:
+            owner += f", {pace}"
         lines.append(
             f"  {room.id}{found}: last success {ago(room.last_success_at, now)}, "
             f"last poll {ago(room.last_polled_at, now)}{owner}{failing}{baseline}{error}"
@@ -106,6 +109,9 @@ def status_json(snap: Snapshot) -> dict[str, Any]:
                 "origin": r.origin,
                 "discovered_at": rfc3339(r.discovered_at),
                 "left_at": rfc3339(r.left_at),
+                "interval_s": r.interval_s,
+                "pace": r.pace_reason,
+                "active_until": rfc3339(r.active_until),
             }
             for r in snap.rooms
         ],

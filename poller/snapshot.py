@@ -15,6 +15,7 @@ from typing import Any
 
 from poller import __version__
 from poller.config import Config, WebhookConfig
+from poller.config.durations import format_duration
 from poller.config.values import url_origin
 from poller.errors import UserError
 from poller.states import DeliveryState, PollOutcome, WebhookMode, WebhookState
@@ -74,6 +75,11 @@ class RoomView:
     origin: str = "config"  # config ([[rooms]]) or discovery (GET /rooms)
     discovered_at: dt.datetime | None = None  # first listed by GET /rooms
     left_at: dt.datetime | None = None  # no longer listed: polled for [discovery] keep
+    # Session-aware polling: the interval its poller set, why (live, ended, idle), and
+    # until when it stays fast. None: adaptive is off (every room at poll.interval).
+    interval_s: float | None = None
+    pace_reason: str | None = None
+    active_until: dt.datetime | None = None
 
     @property
     def origin_text(self) -> str:
@@ -257,6 +263,9 @@ def _room(
         origin="config" if configured else "discovery",
         discovered_at=row.get("discovered_at"),
         left_at=row.get("left_at"),
+        interval_s=row.get("pace_interval"),
+        pace_reason=row.get("pace_reason"),
+        active_until=row.get("active_until"),
     )
 
 
@@ -275,6 +284,23 @@ def ago(when: dt.datetime | None, now: dt.datetime) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m ago"
     return f"{seconds / 3600:.1f}h ago"
+
+
+_PACE_REASONS = {"live": "a session is live", "ended": "a session ended", "idle": "idle"}
+
+
+def pace_text(room: RoomView, now: dt.datetime) -> str | None:
+    """A room's polling pace in words ("every 30s, a session is live, fast until in 2h"),
+    or None when adaptive polling did not set one."""
+    if room.pace_reason is None:
+        return None
+    parts = []
+    if room.interval_s is not None:
+        parts.append(f"every {format_duration(room.interval_s)}")
+    parts.append(_PACE_REASONS.get(room.pace_reason, room.pace_reason))
+    if room.active_until is not None and room.pace_reason != "idle":
+        parts.append(f"fast until {ago(room.active_until, now)}")
+    return ", ".join(parts)
 
 
 def rfc3339(when: dt.datetime | None) -> str | None:

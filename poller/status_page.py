@@ -23,6 +23,7 @@ from poller.snapshot import (
     WebhookView,
     ago,
     last_answer,
+    pace_text,
     rfc3339,
     state_name,
     state_reason,
@@ -165,7 +166,11 @@ def _rooms(w: _Writer, snap: Snapshot) -> Markup:
         owner = w.code(r.lease_owner) if r.lease_owner else w.text("")
         return [
             w.code(r.id),
-            w.text(r.origin_text),
+            w.text(
+                r.origin_text
+                if (pace := pace_text(r, snap.taken_at)) is None
+                else f"{r.origin_text}; {pace}"
+            ),
             w.time(r.last_polled_at),
             _outcome(w, r),
             w.time(r.last_success_at),

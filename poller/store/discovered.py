@@ -1,4 +1,5 @@
-"""Rooms found by discovery (``GET /rooms``): when each was listed, left, and retired.
+"""Rooms found by discovery (``GET /rooms``): when each was listed, left, and retired;
+and each room's polling pace (session-aware polling), for ``poller status``.
 
 Every instance walks the listing and records it here; the records agree because each
 change is decided from the stored rows in one transaction (a room two instances both
@@ -11,12 +12,12 @@ import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 
 from poller.store.base import StoreBase, translated
 from poller.store.models import rooms
 
-__all__ = ["DiscoveredRooms", "Listing"]
+__all__ = ["DiscoveredRooms", "Listing", "Pace"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,16 @@ class Listing:
     returned: tuple[str, ...] = ()  # listed again after leaving (or after retirement)
     retired: tuple[str, ...] = ()  # left ``keep`` ago: no longer polled
     first: bool = field(default=False)  # the first listing this store records
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """A room's polling pace, for ``poller status`` (session-aware polling)."""
+
+    room_id: str
+    interval: float | None
+    reason: str
+    active_until: dt.datetime | None = None
 
 
 class DiscoveredRooms(StoreBase):
@@ -124,4 +135,33 @@ class DiscoveredRooms(StoreBase):
                 returned=tuple(sorted(returned)),
                 retired=tuple(sorted(retired)),
                 first=first,
+            )
+
+    @translated
+    async def record_paces(self, paces: Collection[Pace]) -> None:
+        """Keep each room's pace (rooms without a row yet get one)."""
+        if not paces:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                self._insert(rooms).on_conflict_do_nothing(index_elements=["id"]),
+                [{"id": p.room_id} for p in paces],
+            )
+            await conn.execute(
+                update(rooms)
+                .where(rooms.c.id == bindparam("room"))
+                .values(
+                    pace_interval=bindparam("interval"),
+                    pace_reason=bindparam("reason"),
+                    active_until=bindparam("until"),
+                ),
+                [
+                    {
+                        "room": p.room_id,
+                        "interval": p.interval,
+                        "reason": p.reason,
+                        "until": p.active_until,
+                    }
+                    for p in paces
+                ],
             )

@@ -103,6 +103,11 @@ rooms = Table(
     # True for a room discovered after discovery's first listing: it was created while
     # poller watched the app, so everything in it is new (delivered without poll.backfill).
     Column("backfill", Boolean, nullable=False, server_default=false()),
+    # Session-aware polling ([poll] adaptive): the room's interval as its poller last set
+    # it, why (live, ended, idle), and until when it stays active. None: not adaptive.
+    Column("pace_interval", Float, nullable=True),
+    Column("pace_reason", String(16), nullable=True),
+    Column("active_until", UTCDateTime(), nullable=True),
 )
 
 # Live poller instances sharing this store; rooms are spread over them.

@@ -8,7 +8,7 @@ webhooks' delivery states (``webhooks``), discovered rooms (``discovered``).
 from __future__ import annotations
 
 from poller.store.base import store_error
-from poller.store.discovered import DiscoveredRooms, Listing
+from poller.store.discovered import DiscoveredRooms, Listing, Pace
 from poller.store.leases import Leases, RoomLease
 from poller.store.outbox import (
     AttemptRecord,
@@ -30,6 +30,7 @@ __all__ = [
     "DeliveryRow",
     "EventFilter",
     "Listing",
+    "Pace",
     "PageOutcome",
     "RoomLease",
     "Store",

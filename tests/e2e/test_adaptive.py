@@ -3,6 +3,7 @@ recording is delivered within an interval, and idle rooms are polled rarely."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -11,7 +12,14 @@ import pytest
 from poller.receiver import Receiver
 from poller.simulator import Simulator
 from tests.conftest import ConfigWriter, daemon_config
-from tests.e2e.test_daemon import Daemons, eventually, polled_ok, wait_delivered, wait_log
+from tests.e2e.test_daemon import (
+    Daemons,
+    eventually,
+    polled_ok,
+    poller_cli,
+    wait_delivered,
+    wait_log,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -67,6 +75,16 @@ async def test_a_session_makes_an_idle_room_fast_and_its_recording_arrives_withi
     turned = time.monotonic()
     # Fast now: several polls within a few intervals.
     await eventually(lambda: polls_of(simulator, "class", turned) >= 4, 5, "class's fast polls")
+    # And poller status says so, with why.
+    code, out, err = await poller_cli("status", "--json", "-c", str(config))
+    assert code == 0, err
+    rooms = {r["id"]: r for r in json.loads(out)["rooms"]}
+    assert (rooms["class"]["interval_s"], rooms["class"]["pace"]) == (INTERVAL, "live")
+    assert rooms["class"]["active_until"] is not None
+    assert (rooms["quiet"]["interval_s"], rooms["quiet"]["pace"]) == (IDLE, "idle")
+    code, out, err = await poller_cli("status", "-c", str(config))
+    assert f"every {INTERVAL * 1000:g}ms, a session is live, fast until in " in out
+    assert f"every {IDLE:g}s, idle" in out
 
     simulator.end_session(session)
     recording = simulator.add_event("class")  # the recording follows the session's end

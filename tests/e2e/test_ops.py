@@ -368,8 +368,12 @@ async def test_status_json_has_the_documented_keys(filled: Filled) -> None:
             "origin",
             "discovered_at",
             "left_at",
+            "interval_s",
+            "pace",
+            "active_until",
         }
         assert room["origin"] == "config"
+        assert room["pace"] is None  # adaptive is off
         assert room["polled"] is True
         assert room["last_error"] is None
         assert room["first_polled_at"] is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from poller.store.repo import Store
+from poller.store.repo import Pace, Store
 from tests.storeops import sibling
 
 NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
@@ -83,3 +83,17 @@ async def test_two_instances_recording_the_same_listing_agree(store: Store) -> N
     assert mine.added == ("new",)
     assert theirs.added == ()
     assert mine.polled == theirs.polled == ("a", "new")
+
+
+async def test_paces_are_kept_for_status_rooms_polled_or_not(store: Store) -> None:
+    await lease(store, "polled")
+    until = later(7200)
+    await store.record_paces([Pace("polled", 30.0, "live", until), Pace("new", 600.0, "idle")])
+    rows = {row["id"]: row for row in await store.room_states()}
+    assert (rows["polled"]["pace_interval"], rows["polled"]["pace_reason"]) == (30.0, "live")
+    assert rows["polled"]["active_until"] == until
+    assert (rows["new"]["pace_interval"], rows["new"]["pace_reason"]) == (600.0, "idle")
+    assert rows["new"]["active_until"] is None
+    await store.record_paces([Pace("polled", 600.0, "idle")])
+    rows = {row["id"]: row for row in await store.room_states()}
+    assert (rows["polled"]["pace_reason"], rows["polled"]["active_until"]) == ("idle", None)

@@ -4,17 +4,19 @@ are fast, why, until when, and what a failed walk leaves alone."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import pytest
 from structlog.testing import capture_logs
 
 from poller.activity import Activity, Reason, State
 from poller.config import PollConfig
+from poller.errors import StoreError
 from poller.hms.client import ApiError
 from poller.hms.listing import SessionInfo
 from poller.rooms import Origin, PolledRooms
 from poller.schedule import Scheduler
+from poller.store.repo import Pace
 
 T0 = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
 FAST, IDLE = 30.0, 600.0
@@ -318,3 +320,45 @@ async def test_a_session_without_a_room_is_ignored(
     api.listed.append(SessionInfo("s1", "", True, stamp(T0), stamp(T0)))
     outcome = await activity.walk()
     assert (outcome.ok, outcome.live, outcome.active) == (True, 1, 0)
+
+
+class Paces:
+    """The store's side of paces: what each write carried."""
+
+    def __init__(self) -> None:
+        self.writes: list[dict[str, Pace]] = []
+        self.failing = False
+
+    async def record_paces(self, paces: Collection[Pace]) -> None:
+        if self.failing:
+            raise StoreError("database is locked")
+        self.writes.append({p.room_id: p for p in paces})
+
+
+async def test_paces_are_written_for_status_all_first_then_only_changes(
+    api: Sessions, polled: PolledRooms, clock: Clock
+) -> None:
+    paces = Paces()
+    activity = Activity(api, polled, CONFIG, clock=clock, store=paces)
+    api.start("s1", "r1", T0)
+
+    await activity.walk()
+    (first,) = paces.writes
+    assert first == {
+        "r1": Pace("r1", FAST, "live", T0 + WINDOW),
+        "r2": Pace("r2", IDLE, "idle"),
+        "r3": Pace("r3", IDLE, "idle"),
+    }
+    await activity.walk()  # nothing changed
+    assert paces.writes[-1] == {}
+
+    paces.failing = True
+    api.start("s2", "r2", T0)
+    with capture_logs() as logs:
+        outcome = await activity.walk()
+    assert outcome.ok  # the walk stands; its paces wait for the next write
+    assert any(e["event"] == "pace_write_failed" for e in logs)
+    paces.failing = False
+    await activity.walk()
+    assert set(paces.writes[-1]) == {"r2"}
+    assert paces.writes[-1]["r2"].reason == "live"
