@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 
 from poller.states import WebhookMode, WebhookState
 from poller.store.base import StoreBase, translated
@@ -155,13 +155,7 @@ class WebhookStates(StoreBase):
         open breaker); False when its breaker is not open."""
         async with self._engine.begin() as conn:
             result = await conn.execute(
-                update(webhooks)
-                .where(
-                    webhooks.c.name == name,
-                    webhooks.c.mode == WebhookMode.ACTIVE.value,
-                    webhooks.c.breaker_opened_at.is_not(None),
-                )
-                .values(next_probe_at=self._at(now))
+                update(webhooks).where(*_breaker_open(name)).values(next_probe_at=self._at(now))
             )
         return bool(result.rowcount)
 
@@ -172,12 +166,7 @@ class WebhookStates(StoreBase):
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(webhooks)
-                .where(
-                    webhooks.c.name == name,
-                    webhooks.c.mode == WebhookMode.ACTIVE.value,
-                    webhooks.c.breaker_opened_at.is_not(None),
-                    webhooks.c.next_probe_at <= self._at(now),
-                )
+                .where(*_breaker_open(name), webhooks.c.next_probe_at <= self._at(now))
                 .values(next_probe_at=self._after(now, interval))
             )
         return bool(result.rowcount)
@@ -198,3 +187,12 @@ class WebhookStates(StoreBase):
                 .values(failing_since=None, breaker_opened_at=None, next_probe_at=None)
             )
         return bool(result.rowcount)
+
+
+def _breaker_open(name: str) -> tuple[ColumnElement[bool], ...]:
+    """``name`` is active (not paused or disabled) with its breaker open."""
+    return (
+        webhooks.c.name == name,
+        webhooks.c.mode == WebhookMode.ACTIVE.value,
+        webhooks.c.breaker_opened_at.is_not(None),
+    )
