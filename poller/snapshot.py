@@ -64,7 +64,7 @@ class RoomView:
     """A configured room: how its polls went and who holds it."""
 
     id: str
-    polled: bool  # False: no instance has polled it yet (the store has no row)
+    polled: bool  # False: no instance has polled it yet (no poll has started)
     first_polled_at: dt.datetime | None
     last_polled_at: dt.datetime | None  # when the latest poll started
     last_success_at: dt.datetime | None
@@ -252,7 +252,7 @@ def _room(
     configured = any(r.id == room_id for r in config.rooms)  # few: a config lists rooms by hand
     return RoomView(
         id=room_id,
-        polled=bool(row),
+        polled=row.get("last_polled_at") is not None,  # a row may come from discovery first
         first_polled_at=row.get("first_polled_at"),
         last_polled_at=row.get("last_polled_at"),
         last_success_at=row.get("last_success_at"),
