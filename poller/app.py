@@ -17,9 +17,11 @@ import structlog
 import structlog.typing
 
 from poller import __version__
-from poller.config import Config
+from poller.config import Config, load_config
 from poller.errors import ConfigError, InstanceIdInUse, UserError
+from poller.log import configure_logs
 from poller.parts import Parts, build, open_configured_store
+from poller.reload import Reload, plan
 from poller.sdnotify import Notifier
 from poller.store.runlock import StoreInUse, run_lock, sqlite_file
 from poller.timeutil import utcnow
@@ -31,15 +33,27 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Daemon:
-    """Runs built parts: start in order, wait for the stop signal, drain within the grace."""
+    """Runs built parts: start in order, wait for the stop signal, drain within the grace.
+
+    A reload (``reloading`` set, on SIGHUP) re-reads the config file: an invalid one is
+    logged and the running parts go on; a valid one replaces the parts, rebuilt on the
+    same store, after the running ones finished what they had in flight.
+    """
 
     def __init__(
-        self, parts: Parts, notifier: Notifier, *, stopping: asyncio.Event | None = None
+        self,
+        parts: Parts,
+        notifier: Notifier,
+        *,
+        stopping: asyncio.Event | None = None,
+        reloading: asyncio.Event | None = None,
     ) -> None:
         self.parts = parts
         self.notifier = notifier
         self.stopping = stopping or asyncio.Event()
+        self.reloading = reloading or asyncio.Event()
         self.log = structlog.get_logger("poller")
+        self._tasks: list[asyncio.Task[Any]] = []  # of the running parts, cancelled with them
 
     async def run(self) -> None:
         """Start everything, run until ``stopping`` is set, then drain and close."""
@@ -48,6 +62,8 @@ class Daemon:
         structlog.contextvars.bind_contextvars(instance=parts.store.instance_id)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self._close_sessions)
+            stack.push_async_callback(self._stop_server)
+            stack.callback(self._cancel_tasks)
             # On SQLite the run lock (taken by ``run``) proves no other daemon is alive on
             # the file: whatever a killed run left, its instance row included, is ours at
             # once, and a restart under the same id (a container's pid 1) joins at once.
@@ -57,40 +73,119 @@ class Daemon:
             # Joining also comes before the first poll, so rooms are spread from the start.
             if await _unless_stopped(parts.coordination.join(), self.stopping, config) is None:
                 return
-            if parts.server is not None:
-                await self._listen()
-                stack.push_async_callback(parts.server.stop)
-            displaced = asyncio.create_task(self._stop_when_displaced(), name="displaced")
-            stack.callback(displaced.cancel)
-            if parts.discovery is not None:
-                # What earlier runs discovered is polled from the start, not after a walk.
-                await parts.discovery.restore()
-            worker_task = asyncio.create_task(parts.worker.run(), name="delivery")
-            share = asyncio.create_task(parts.share.run(), name="share")
-            stack.callback(share.cancel)
-            parts.scheduler.start()
             watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
-            self.notifier.ready(
-                f"polling {len(parts.rooms.ids)} rooms every {config.poll.interval:g}s, "
-                f"{len(config.webhooks)} webhooks"
-            )
-            self.log.info(
-                "started",
-                version=__version__,
-                instance=parts.store.instance_id,
-                rooms=len(parts.rooms.ids),
-                discovery=config.discovery.enabled,
-                adaptive=config.poll.adaptive,
-                webhooks=len(config.webhooks),
-                store=config.store.masked_url(),
-            )
-            _warn_expired_certificates(self.log, config)
-            await _until_done_or_stopped(worker_task, self.stopping)
+            while True:
+                worker_task = await self._start()
+                self.log.info(
+                    "started",
+                    version=__version__,
+                    instance=self.parts.store.instance_id,
+                    rooms=len(self.parts.rooms.ids),
+                    discovery=self.parts.config.discovery.enabled,
+                    adaptive=self.parts.config.poll.adaptive,
+                    webhooks=len(self.parts.config.webhooks),
+                    store=self.parts.config.store.masked_url(),
+                )
+                _warn_expired_certificates(self.log, self.parts.config)
+                reload = await self._until_stop_or_reload(worker_task)
+                if reload is None:
+                    break
+                await self._replace(worker_task, reload)
             if worker_task.done() and not self.stopping.is_set():
                 worker_task.result()  # the loop only ends on a bug: surface it
             await self._drain(worker_task, watchdog)
-        if parts.coordination.displaced_by is not None:
-            raise parts.coordination.displaced_by
+        if self.parts.coordination.displaced_by is not None:
+            raise self.parts.coordination.displaced_by
+
+    async def _start(self) -> asyncio.Task[None]:
+        """Start the parts: listener, delivery loop, poll gate, scheduler; READY."""
+        parts, config = self.parts, self.parts.config
+        if parts.server is not None:
+            await self._listen()
+        self._tasks = [asyncio.create_task(self._stop_when_displaced(), name="displaced")]
+        if parts.discovery is not None:
+            # What earlier runs discovered is polled from the start, not after a walk.
+            await parts.discovery.restore()
+        worker_task = asyncio.create_task(parts.worker.run(), name="delivery")
+        self._tasks.append(asyncio.create_task(parts.share.run(), name="share"))
+        parts.scheduler.start()
+        self.notifier.ready(
+            f"polling {len(parts.rooms.ids)} rooms every {config.poll.interval:g}s, "
+            f"{len(config.webhooks)} webhooks"
+        )
+        return worker_task
+
+    async def _until_stop_or_reload(self, worker_task: asyncio.Task[None]) -> Reload | None:
+        """Wait for a stop (None) or a reload whose config is valid and changes something."""
+        while True:
+            reload_wait = asyncio.create_task(self.reloading.wait())
+            stop_wait = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait(
+                {worker_task, stop_wait, reload_wait}, return_when=asyncio.FIRST_COMPLETED
+            )
+            reload_wait.cancel()
+            stop_wait.cancel()
+            if self.stopping.is_set() or worker_task.done():
+                return None
+            self.reloading.clear()
+            if (reload := await self._reread()) is not None:
+                return reload
+
+    async def _reread(self) -> Reload | None:
+        """The re-read config's plan, or None when it is invalid or changes nothing."""
+        running = self.parts.config
+        self.notifier.reloading()
+        self.log.info("reloading", config=str(running.path))
+        try:
+            loaded = await asyncio.to_thread(load_config, running.path)
+        except ConfigError as exc:
+            # The running config stays: a typo must not take the daemon down.
+            self.log.error("reload_failed", error=str(exc))
+            self.notifier.ready("reload failed: the running config stays")
+            return None
+        reload = plan(running, loaded)
+        if reload.needs_restart:
+            self.log.warning("reload_needs_restart", keys=list(reload.needs_restart))
+        configure_logs(reload.config)
+        if not reload.changed:
+            self.log.info("reloaded", **reload.summary())
+            self.notifier.ready("reloaded: nothing changed")
+            return None
+        return reload
+
+    async def _replace(self, worker_task: asyncio.Task[None], reload: Reload) -> None:
+        """Let the running parts finish what they have in flight, then rebuild them from
+        the reloaded config on the same store (same instance: its leases carry over)."""
+        old, grace = self.parts, self.parts.config.shutdown_grace
+        started = time.monotonic()
+        drain = max(0.0, grace * 0.8 - 0.2)
+        try:
+            async with asyncio.timeout(drain + 1.0):
+                await asyncio.gather(old.scheduler.stop(drain), old.worker.stop(drain))
+                await worker_task
+                await old.poller.drain()
+        except TimeoutError:
+            self.log.warning("drain_timed_out", grace_s=grace)
+        self._cancel_tasks()
+        await self._stop_server()
+        await self._close_sessions()
+        self.parts = build(reload.config, old.store)
+        # The same id and incarnation on the same store: joins at once.
+        await self.parts.coordination.join()
+        self.log.info(
+            "reloaded",
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            **reload.summary(),
+        )
+
+    def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+
+    async def _stop_server(self) -> None:
+        if self.parts.server is not None:
+            await self.parts.server.stop()
 
     async def _stop_when_displaced(self) -> None:
         await self.parts.coordination.displaced.wait()
@@ -177,10 +272,14 @@ async def run(
 ) -> None:
     """``poller run``: migrate, then poll and deliver until SIGTERM, SIGINT or ``stopping``."""
     stopping = stopping or asyncio.Event()
+    reloading = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Before anything slow: a signal during start-up migrations ends the start cleanly.
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
+    # SIGHUP's default would end the process: a reload asked for during start-up is made
+    # once the daemon runs.
+    loop.add_signal_handler(signal.SIGHUP, reloading.set)
     try:
         async with contextlib.AsyncExitStack() as stack:
             _lock_sqlite_file(stack, config)
@@ -189,7 +288,12 @@ async def run(
             )
             if store is None:
                 return
-            daemon = Daemon(build(config, store), notifier or Notifier(), stopping=stopping)
+            daemon = Daemon(
+                build(config, store),
+                notifier or Notifier(),
+                stopping=stopping,
+                reloading=reloading,
+            )
             try:
                 await daemon.run()
             except InstanceIdInUse as exc:
@@ -198,7 +302,7 @@ async def run(
                     config.path, "instance_id", f"{exc}; give every instance its own instance_id"
                 ) from None
     finally:
-        for signum in _SIGNALS:
+        for signum in (*_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 

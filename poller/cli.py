@@ -27,10 +27,9 @@ def _config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 
 
 def _configure_logs(config: Config) -> None:
-    from poller import log
-    from poller.redaction import secrets_of
+    from poller.log import configure_logs
 
-    log.configure(config.log.level, config.log.format, secrets=secrets_of(config))
+    configure_logs(config)
 
 
 def _show(config: Config, text: str) -> None:

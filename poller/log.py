@@ -12,7 +12,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import Processor
 
-from poller.redaction import Redactor
+from poller.config import Config
+from poller.redaction import Redactor, secrets_of
 
 # Loggers that speak at INFO about their own plumbing (every job run, every
 # SQL statement, every access) would drown the poll and delivery events.
@@ -20,6 +21,11 @@ _CHATTY = ("apscheduler", "sqlalchemy.engine", "aiohttp.access", "alembic.runtim
 # APScheduler warns once per skipped or late run: under overload that was a line per
 # room per interval. poller.schedule.Lateness reports it instead, once per interval.
 _LATENESS_LOGGERS = ("apscheduler.scheduler", "apscheduler.executors")
+
+
+def configure_logs(config: Config) -> None:
+    """Configure logging as ``config`` says, masking every secret it holds."""
+    configure(config.log.level, config.log.format, secrets=secrets_of(config))
 
 
 def configure(

@@ -1,10 +1,11 @@
-"""systemd's notify protocol in a few lines: READY, STATUS, WATCHDOG, STOPPING."""
+"""systemd's notify protocol in a few lines: READY, STATUS, WATCHDOG, RELOADING, STOPPING."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 
@@ -44,6 +45,11 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.notify(WATCHDOG="1")
+
+    def reloading(self) -> None:
+        """``RELOADING=1`` with the monotonic time systemd wants; ``ready`` ends it."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify(RELOADING="1", MONOTONIC_USEC=str(usec), STATUS="reloading")
 
     def stopping(self) -> None:
         self.notify(STOPPING="1", STATUS="stopping")

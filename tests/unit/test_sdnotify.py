@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +81,17 @@ def test_without_systemd_nothing_is_sent_and_nothing_fails() -> None:
 )
 def test_watchdog_interval_is_half_the_timeout(env: dict[str, str], expected: float | None) -> None:
     assert Notifier(env).watchdog_interval == expected
+
+
+def test_reloading_carries_the_monotonic_time_systemd_checks(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    sock, path = notify_socket
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    Notifier({"NOTIFY_SOCKET": path}).reloading()
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+    fields = dict(line.split("=", 1) for line in sock.recv(4096).decode().splitlines())
+    assert fields["RELOADING"] == "1"
+    assert before <= int(fields["MONOTONIC_USEC"]) <= after
+    assert fields["STATUS"] == "reloading"
