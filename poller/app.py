@@ -170,6 +170,8 @@ class Daemon:
         await self._stop_server()
         await self._close_sessions()
         self.parts = build(reload.config, old.store)
+        # Readiness is about the daemon, not its parts: a reload is no new start.
+        self.parts.health.last_poll_at = old.health.last_poll_at
         # The same id and incarnation on the same store: joins at once.
         await self.parts.coordination.join()
         self.log.info(

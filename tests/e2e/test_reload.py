@@ -6,11 +6,12 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+import aiohttp
 import pytest
 
 from poller.receiver import Receiver
 from poller.simulator import Simulator
-from tests.conftest import ConfigWriter, DaemonProcess, daemon_config
+from tests.conftest import ConfigWriter, DaemonProcess, daemon_config, free_port
 from tests.e2e.test_daemon import Daemons, pairs, wait_delivered, wait_log
 
 pytestmark = pytest.mark.e2e
@@ -47,8 +48,15 @@ async def test_sighup_adds_and_removes_rooms_and_webhooks_in_place(
     write_config: ConfigWriter,
     daemons: Daemons,
 ) -> None:
+    port = free_port()
+    health = f"http://127.0.0.1:{port}"
     one = daemon_config(
-        simulator, receiver, store_url, rooms=["room-a"], webhooks=[{"name": "all"}]
+        simulator,
+        receiver,
+        store_url,
+        rooms=["room-a"],
+        webhooks=[{"name": "all"}],
+        server={"listen": f"127.0.0.1:{port}"},
     )
     config = write_config(**one)
     daemon = await daemons(config).start()
@@ -62,9 +70,13 @@ async def test_sighup_adds_and_removes_rooms_and_webhooks_in_place(
         store_url,
         rooms=["room-a", "room-b"],
         webhooks=[{"name": "all"}, {"name": "filtered"}],
+        server={"listen": f"127.0.0.1:{port}"},
     )
     write_config(**two)
     await reload(daemon, "reloaded", rooms_added=["room-b"], webhooks_added=["filtered"])
+    # Still ready at once: a reload is no new start (no "no successful poll yet").
+    async with aiohttp.ClientSession() as session, session.get(f"{health}/readyz") as resp:
+        assert resp.status == 200, await resp.text()
     in_b = simulator.add_event("room-b")
     in_a = simulator.add_event("room-a")
     await wait_delivered(
