@@ -47,6 +47,18 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+MAX_BUDGET = 10_000.0  # hms.max_requests_per_second at most
+
+
+def _daemon_has_budget() -> bool:
+    """Whether the poller under test ($BENCH_POLLER_SRC, or this one) knows the budget key."""
+    src = os.environ.get("BENCH_POLLER_SRC")
+    if not src:
+        return True
+    schema = Path(src) / "poller" / "config" / "schema.py"
+    return schema.exists() and "max_requests_per_second" in schema.read_text()
+
+
 def daemon_config(
     *,
     api_url: str,
@@ -63,7 +75,14 @@ def daemon_config(
     max_requests_per_second: float | None = None,
 ) -> str:
     """A poller config.toml for one benchmark (JSON logs at ``log_level``, no HTTP server);
-    ``poll_extra`` are more ``key = value`` lines of [poll]."""
+    ``poll_extra`` are more ``key = value`` lines of [poll].
+
+    The API request budget is not what these scenarios measure: unless one is given, it is
+    set to its maximum (``MAX_BUDGET``), so that the default 50/s does not cap what the
+    daemon is asked to do; a daemon under test that has no budget yet gets no key.
+    """
+    if max_requests_per_second is None and _daemon_has_budget():
+        max_requests_per_second = MAX_BUDGET
     lines = [
         'shutdown_grace = "10s"',
         "[hms]",
