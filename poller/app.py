@@ -156,16 +156,9 @@ class Daemon:
     async def _replace(self, worker_task: asyncio.Task[None], reload: Reload) -> None:
         """Let the running parts finish what they have in flight, then rebuild them from
         the reloaded config on the same store (same instance: its leases carry over)."""
-        old, grace = self.parts, self.parts.config.shutdown_grace
+        old = self.parts
         started = time.monotonic()
-        drain = max(0.0, grace * 0.8 - 0.2)
-        try:
-            async with asyncio.timeout(drain + 1.0):
-                await asyncio.gather(old.scheduler.stop(drain), old.worker.stop(drain))
-                await worker_task
-                await old.poller.drain()
-        except TimeoutError:
-            self.log.warning("drain_timed_out", grace_s=grace)
+        await self._finish_in_flight(worker_task)
         self._cancel_tasks()
         await self._stop_server()
         await self._close_sessions()
@@ -193,12 +186,10 @@ class Daemon:
         await self.parts.coordination.displaced.wait()
         self.stopping.set()
 
-    async def _drain(self, worker_task: asyncio.Task[None], watchdog: asyncio.Task[None]) -> None:
-        """Stop polling and delivering within ``shutdown_grace``, hand back what is left."""
+    async def _finish_in_flight(self, worker_task: asyncio.Task[None]) -> None:
+        """Stop firing polls and claiming deliveries; let what runs finish within most of
+        ``shutdown_grace`` (the rest is handed back to the store)."""
         parts, grace = self.parts, self.parts.config.shutdown_grace
-        started = time.monotonic()
-        self.notifier.stopping()
-        self.log.info("stopping", grace_s=grace)
         # Leave a little of the grace for closing the store and the sessions.
         drain = max(0.0, grace * 0.8 - 0.2)
         try:
@@ -210,6 +201,14 @@ class Daemon:
                 await parts.poller.drain()
         except TimeoutError:
             self.log.warning("drain_timed_out", grace_s=grace)
+
+    async def _drain(self, worker_task: asyncio.Task[None], watchdog: asyncio.Task[None]) -> None:
+        """Stop polling and delivering within ``shutdown_grace``, hand back what is left."""
+        parts, grace = self.parts, self.parts.config.shutdown_grace
+        started = time.monotonic()
+        self.notifier.stopping()
+        self.log.info("stopping", grace_s=grace)
+        await self._finish_in_flight(worker_task)
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
