@@ -72,12 +72,13 @@ def plan(running: Config, loaded: Config) -> Reload:
     )
     old_rooms = [r.id for r in running.rooms]
     new_rooms = [r.id for r in config.rooms]
+    old_set, new_set = set(old_rooms), set(new_rooms)
     old_hooks = {w.name: w for w in running.webhooks}
     new_hooks = {w.name: w for w in config.webhooks}
     return Reload(
         config=config,
-        rooms_added=tuple(r for r in new_rooms if r not in set(old_rooms)),
-        rooms_removed=tuple(r for r in old_rooms if r not in set(new_rooms)),
+        rooms_added=tuple(r for r in new_rooms if r not in old_set),
+        rooms_removed=tuple(r for r in old_rooms if r not in new_set),
         webhooks_added=tuple(n for n in new_hooks if n not in old_hooks),
         webhooks_removed=tuple(n for n in old_hooks if n not in new_hooks),
         webhooks_changed=tuple(

@@ -222,7 +222,8 @@ async def snapshot(
             InstanceView(i["id"], i["started_at"], i["heartbeat_at"]) for i in instances
         ),
         rooms=tuple(
-            _room(r, stored.get(r), seen.get(r, 0), config) for r in _room_ids(config, stored)
+            _room(r, stored.get(r), seen.get(r, 0), configured=r in configured)
+            for r in _room_ids(config, stored)
         ),
         retired_rooms=sum(
             1 for r in stored.values() if r.get("retired_at") and r["id"] not in configured
@@ -237,19 +238,19 @@ async def snapshot(
 def _room_ids(config: Config, stored: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The config's rooms, then those discovery found and has not retired."""
     configured = [r.id for r in config.rooms]
+    known = set(configured)
     found = sorted(
         r
         for r, row in stored.items()
-        if row.get("discovered_at") and not row.get("retired_at") and r not in set(configured)
+        if row.get("discovered_at") and not row.get("retired_at") and r not in known
     )
     return [*configured, *found]
 
 
 def _room(
-    room_id: str, row: Mapping[str, Any] | None, events_seen: int, config: Config
+    room_id: str, row: Mapping[str, Any] | None, events_seen: int, *, configured: bool
 ) -> RoomView:
     row = row or {}
-    configured = any(r.id == room_id for r in config.rooms)  # few: a config lists rooms by hand
     return RoomView(
         id=room_id,
         polled=row.get("last_polled_at") is not None,  # a row may come from discovery first

@@ -12,7 +12,7 @@ import aiohttp
 from poller.config import WebhookConfig, url_secrets
 from poller.config.model import DIRECT, Route
 from poller.errors import one_line
-from poller.net import connection_failure, proxy_options, proxy_refusal
+from poller.net import ProxyOptions, connection_failure, proxy_options, proxy_refusal
 from poller.redaction import Redactor
 from poller.signing import RotatingKeys
 from poller.timeutil import parse_retry_after
@@ -37,6 +37,14 @@ class Target:
     ssl_context: ssl.SSLContext | bool = field(default=True, repr=False)
     route: Route = DIRECT  # through a proxy, or direct
     client_cert: bool = False  # whether ssl_context shows a client certificate
+    # Derived once, not per attempt: whether the URL is tunnelled, and aiohttp's proxy options.
+    https: bool = field(init=False, repr=False)
+    via: ProxyOptions = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        https = self.url[:8].lower() == "https://"
+        object.__setattr__(self, "https", https)
+        object.__setattr__(self, "via", proxy_options(self.route, https=https))
 
     def private_values(self) -> Iterator[str]:
         """What an error about this target must not show: its URL, the URL's secret-bearing
@@ -104,8 +112,7 @@ class Sender:
         status: int | None = None
         retry_after: float | None = None
         excerpt = bytearray()
-        https = target.url[:8].lower() == "https://"
-        via = proxy_options(target.route, https=https)
+        via = target.via
         try:
             data = body.encode() if isinstance(body, str) else body
             headers = {
@@ -145,7 +152,7 @@ class Sender:
                 exc,
                 peer="the receiver",
                 route=target.route,
-                https=https,
+                https=target.https,
                 client_cert=target.client_cert,
             ) or _client_error(exc)
         except Exception as exc:
