@@ -2,8 +2,11 @@
 
 The API documents no rate limit, so poller keeps its own (``hms.max_requests_per_second``):
 every request start takes a turn of one ``Pacer``, so no second ever holds more than the
-budget. When the schedule asks for more, it is polls that wait, before they begin, in the
-order they fell due (the most overdue first); a walk already under way takes its next
+budget. A twentieth of a second's worth may start at once (the polls a scheduler fires
+together), the rest at a steady pace that keeps every second within the budget.
+
+When the schedule asks for more, it is polls that wait, before they begin, in the order
+they fell due (the most overdue first); a walk already under way takes its next
 page's turn ahead of them, so a begun walk is never starved into its timeout. Nothing is
 dropped: a poll waits for its turn, and ``polls_late`` and the metrics say so.
 """
@@ -12,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 import structlog
@@ -25,6 +27,8 @@ from poller.limit import Pacer
 from poller.tally import PeriodTally
 
 __all__ = ["RequestBudget"]
+
+BURST_SECONDS = 0.05  # of the budget that may start at once
 
 
 @dataclass(slots=True)
@@ -47,7 +51,7 @@ class RequestBudget:
         period: float = 10.0,
         logger: FilteringBoundLogger | None = None,
     ) -> None:
-        self._pacer = Pacer(rate, clock)
+        self._pacer = Pacer(rate, clock, burst=max(1, int(rate * BURST_SECONDS)))
         self._clock = clock
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._wakeup: asyncio.TimerHandle | None = None
@@ -67,16 +71,19 @@ class RequestBudget:
         """Polls waiting for a turn now."""
         return sum(1 for w in self._waiters if not w.done())
 
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    def turn(self) -> _TurnGate:
         """Wait, in order, until a request may start now; that start is the poll's first
         request's (``request`` inside the body takes it without waiting again)."""
+        return _TurnGate(self)
+
+    async def _enter(self) -> Token[_Turn | None]:
         started = self._clock()
         waited = 0.0
         if self._waiters or self._pacer.ready_in() > 0:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            self._schedule()
+            if self._wakeup is None:  # else a look is already due, in order
+                self._schedule()
             try:
                 await waiter
             except asyncio.CancelledError:
@@ -86,11 +93,7 @@ class RequestBudget:
         else:
             self._pacer.reserve()
         self._note_poll(waited)
-        token = self._turn.set(_Turn(self._clock()))
-        try:
-            yield
-        finally:
-            self._turn.reset(token)
+        return self._turn.set(_Turn(self._clock()))
 
     async def request(self) -> None:
         """Wait for this request's turn (at once, for a poll's first request)."""
@@ -105,7 +108,7 @@ class RequestBudget:
             await asyncio.sleep(wait)
 
     def _schedule(self) -> None:
-        """Let the first waiter in when the pacer has a turn now, or look again then."""
+        """Let the first waiters in while the pacer has a turn now, or look again then."""
         if self._wakeup is not None:
             self._wakeup.cancel()
             self._wakeup = None
@@ -136,3 +139,21 @@ class RequestBudget:
             budget_per_s=self.rate,
             period_s=round(summary.span, 1),
         )
+
+
+class _TurnGate:
+    """``async with budget.turn():`` (a class, not a generator: one per poll, on the hot
+    path)."""
+
+    __slots__ = ("_budget", "_token")
+
+    def __init__(self, budget: RequestBudget) -> None:
+        self._budget = budget
+        self._token: Token[_Turn | None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._token = await self._budget._enter()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._token is not None:
+            self._budget._turn.reset(self._token)

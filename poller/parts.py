@@ -125,11 +125,31 @@ async def prune(store: Store, poller: RoomPoller) -> None:
         structlog.get_logger("poller").info("pruned", events=removed)
 
 
-@asynccontextmanager
-async def _admitted(share: PollShare, budget: RequestBudget) -> AsyncIterator[None]:
-    """A poll begins once deliveries leave it room (share) and the API budget a turn."""
-    async with share.slot(), budget.turn():
-        yield
+class _Admitted:
+    """A poll begins once deliveries leave it room (share) and the API budget a turn.
+
+    A class, not ``asynccontextmanager``: one is made per poll, on the hot path.
+    """
+
+    __slots__ = ("_slot", "_turn")
+
+    def __init__(self, share: PollShare, budget: RequestBudget) -> None:
+        self._slot = share.slot()
+        self._turn = budget.turn()
+
+    async def __aenter__(self) -> None:
+        await self._slot.__aenter__()
+        try:
+            await self._turn.__aenter__()
+        except BaseException:
+            await self._slot.__aexit__(None, None, None)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self._turn.__aexit__(*exc)
+        finally:
+            await self._slot.__aexit__(*exc)
 
 
 def build(config: Config, store: Store) -> Parts:
@@ -202,7 +222,7 @@ def build(config: Config, store: Store) -> Parts:
         interval=timings.interval,
         timeout=timings.job_timeout,
         lateness=lateness,
-        gate=functools.partial(_admitted, share, budget),
+        gate=functools.partial(_Admitted, share, budget),
         # Adaptive: rooms start idle (after a first poll within one interval, as ever);
         # the sessions walks make the active ones fast.
         settle_to=config.poll.idle_interval if config.poll.adaptive else None,

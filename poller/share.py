@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import structlog
 from structlog.typing import FilteringBoundLogger
@@ -79,17 +78,19 @@ class PollShare:
         """The smoothed lateness of the loop's timers, seconds."""
         return self._lag
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    def slot(self) -> _Slot:
         """Hold one of the walking slots for the body; wait for one while they are cut."""
+        return _Slot(self)
+
+    async def _enter(self) -> None:
         if self._waiters or not self._admissible():
             await self._wait()
         else:
             self._walking += 1
-        try:
-            yield
-        finally:
-            self._walking -= 1
+
+    def _leave(self) -> None:
+        self._walking -= 1
+        if self._waiters:
             self._admit()
 
     def observe(self, lag: float) -> None:
@@ -148,3 +149,19 @@ class PollShare:
             loop_lag_ms=round(self._lag * 1000, 1),
             period_s=round(summary.span, 1),
         )
+
+
+class _Slot:
+    """``async with share.slot():`` (a class, not a generator: one per poll, on the hot
+    path)."""
+
+    __slots__ = ("_share",)
+
+    def __init__(self, share: PollShare) -> None:
+        self._share = share
+
+    async def __aenter__(self) -> None:
+        await self._share._enter()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._share._leave()

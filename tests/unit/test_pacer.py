@@ -62,3 +62,36 @@ def test_a_slow_rate_claims_one_at_a_time() -> None:
     clock.now += 1.5
     assert pacer.available() == 1  # its turn is within the horizon now
     assert pacer.reserve() == pytest.approx(0.5)
+
+
+def test_a_burst_starts_at_once_and_the_second_still_holds_the_rate() -> None:
+    clock = Clock()
+    pacer = Pacer(10.0, clock, burst=4)  # steady pace 7 a second
+    delays = [pacer.reserve() for _ in range(6)]
+    assert delays[:4] == [0.0] * 4
+    assert delays[4:] == pytest.approx([1 / 7, 2 / 7])
+    assert pacer.available() == 10 - 6
+
+
+@pytest.mark.parametrize("burst", [1, 3, 50])
+def test_no_second_ever_holds_more_than_the_rate(burst: int) -> None:
+    """Whatever the arrivals (bursts, quiet spells, a steady flood), every half-open
+    window of one second holds at most ``rate`` starts."""
+    import random
+
+    rate = 100.0
+    rng = random.Random(burst)
+    clock = Clock()
+    pacer = Pacer(rate, clock, burst=burst)
+    starts: list[float] = []
+    for _ in range(3000):
+        clock.now += rng.choice([0.0, 0.0, 0.001, 0.004, 0.02, 0.3, 1.5])
+        start = clock.now + pacer.reserve()
+        starts.append(start)
+        clock.now = max(clock.now, start - rng.random() * 0.01)  # asked ahead, sometimes
+    starts.sort()
+    ahead = 0
+    for first, at in enumerate(starts):
+        while ahead < len(starts) and starts[ahead] < at + 1.0 - 1e-9:
+            ahead += 1
+        assert ahead - first <= rate
