@@ -604,11 +604,11 @@ def _drain_while_polling(
         daemon = start_daemon(children, f"daemon-{name}", config)
         started = time.monotonic()
         stats: dict[str, Any] = {}
-        if spy:
-            profile(children, name, daemon.child.pid, 15)
+        recorder = profile(children, name, daemon.child.pid, bound) if spy else None
         # A starved backlog is a finding: report how far it got.
         with contextlib.suppress(BenchError):
             _wait("the backlog to drain", _sink_has(sink, events, stats), bound)
+        _finish(recorder, now=True)  # the drain is what is profiled, not what follows
         # At least one full round of polls of every room (when they are polled at all).
         if interval < bound:
             time.sleep(max(0.0, interval + 1.0 - (time.monotonic() - started)))

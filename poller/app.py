@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import Awaitable
@@ -76,6 +77,10 @@ class Daemon:
             watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
             while True:
                 worker_task = await self._start()
+                # What start-up built (modules, the store's engine, a job per room) lives
+                # as long as the daemon: out of the collector's sight, so that each full
+                # collection does not walk it again (they took 100-200 ms at 5,000 rooms).
+                gc.freeze()
                 self.log.info(
                     "started",
                     version=__version__,

@@ -61,8 +61,18 @@ class _PollShare(Collector):
         )
         yield GaugeMetricFamily(
             "poller_loop_lag_seconds",
-            "How late the event loop runs a timer, smoothed (above 0.02: saturated).",
+            "How late the event loop runs a timer, smoothed.",
             value=self._share.lag,
+        )
+        yield GaugeMetricFamily(
+            "poller_loop_busy_ratio",
+            "Share of the time the event loop's thread runs, smoothed (above 0.85: saturated).",
+            value=self._share.busy,
+        )
+        yield GaugeMetricFamily(
+            "poller_polls_metered",
+            "1 while polls begin only as backlogged deliveries finish, else 0.",
+            value=float(self._share.metered),
         )
 
 

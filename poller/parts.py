@@ -131,25 +131,18 @@ class _Admitted:
     A class, not ``asynccontextmanager``: one is made per poll, on the hot path.
     """
 
-    __slots__ = ("_slot", "_turn")
+    __slots__ = ("_share", "_turn")
 
     def __init__(self, share: PollShare, budget: RequestBudget) -> None:
-        self._slot = share.slot()
+        self._share = share
         self._turn = budget.turn()
 
     async def __aenter__(self) -> None:
-        await self._slot.__aenter__()
-        try:
-            await self._turn.__aenter__()
-        except BaseException:
-            await self._slot.__aexit__(None, None, None)
-            raise
+        await self._share.admit()
+        await self._turn.__aenter__()
 
     async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self._turn.__aexit__(*exc)
-        finally:
-            await self._slot.__aexit__(*exc)
+        await self._turn.__aexit__(*exc)
 
 
 def build(config: Config, store: Store) -> Parts:
@@ -210,8 +203,8 @@ def build(config: Config, store: Store) -> Parts:
     )
     scheduler = Scheduler()
     # Polls give way while deliveries are backlogged and the loop saturated (see
-    # poller.share); at poll.max_concurrency walking at once the gate is open.
-    share = PollShare(worker.backlogged, ceiling=config.poll.max_concurrency)
+    # poller.share): a poll then begins per two deliveries finished.
+    share = PollShare(worker.backlogged, lambda: worker.finished)
     metrics.watch_share(share)
     # One warning per interval at most (10 s at least) when polls fall behind.
     lateness = Lateness(max(timings.interval, 10.0))

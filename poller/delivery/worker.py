@@ -25,9 +25,6 @@ from poller.timeutil import utcnow
 # How often an idle worker looks for work it was not woken for: retries
 # falling due, claims of a dead instance expiring, rows another instance wrote.
 IDLE_WAIT = 1.0
-# Deliveries count as backlogged this long after a claim came back full (more was due
-# than there were free slots): the signal for polls to give way (poller.share).
-BACKLOG_MEMORY = 0.5
 # The config's defaults ([delivery] breaker_after, probe_interval), for a worker built
 # without a guard of its own (tests).
 DEFAULT_BREAKER_AFTER = 600.0
@@ -92,7 +89,11 @@ class DeliveryWorker:
         self._run_task: asyncio.Task[Any] | None = None
         self._cut_short = False
         self._paced: list[str] = []  # held back in the last turn (see _dispatch)
-        self._full_claim_at: float | None = None
+        # Webhooks whose latest claim came back full: more was due than there were free
+        # slots. Kept until a claim comes back short, not for a while: a loop too busy to
+        # claim often is when the signal matters most (poller.share).
+        self._owed: set[str] = set()
+        self.finished = 0  # attempts made so far, any outcome (a counter; poller.share)
         self.last_loop_at = time.monotonic()
 
     def wake(self) -> None:
@@ -107,9 +108,8 @@ class DeliveryWorker:
         return time.monotonic() - self.last_loop_at
 
     def backlogged(self) -> bool:
-        """Whether more deliveries were due than free slots, in a claim just now."""
-        at = self._full_claim_at
-        return at is not None and time.monotonic() - at < BACKLOG_MEMORY
+        """Whether more deliveries were due than free slots, in some webhook's latest claim."""
+        return bool(self._owed)
 
     @property
     def in_flight(self) -> int:
@@ -183,8 +183,9 @@ class DeliveryWorker:
             claimed += len(claims)
             if len(claims) < admission.count:
                 idle.append(target.name)
+                self._owed.discard(target.name)
             else:
-                self._full_claim_at = time.monotonic()
+                self._owed.add(target.name)
         return claimed, idle
 
     async def _idle_timeout(self, idle: list[str]) -> float:
@@ -219,6 +220,7 @@ class DeliveryWorker:
             if delay > 0:
                 await asyncio.sleep(delay)
             attempt = await self._sender.send(target, claim.event_id, claim.body)
+            self.finished += 1
             now = utcnow()
             counted = await self._observe(target, attempt, probe=probe, now=now)
             retry_at: dt.datetime | None = None

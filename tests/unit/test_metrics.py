@@ -85,15 +85,17 @@ def test_api_responses_tokens_and_lag() -> None:
 
 def test_poll_share() -> None:
     m = Metrics(instance="i", version="1")
-    share = PollShare(lambda: True, ceiling=2)
+    share = PollShare(lambda: True, lambda: 0)
     m.watch_share(share)
-    share.observe(0.5)
+    share.observe(0.5, 1.0)
     share.held_seconds = 1.5
 
     s = samples(m)
     assert s[("poller_polls_held", ())] == 0
     assert s[("poller_polls_held_seconds_total", ())] == 1.5
     assert s[("poller_loop_lag_seconds", ())] > 0.1
+    assert s[("poller_loop_busy_ratio", ())] > 0.1
+    assert s[("poller_polls_metered", ())] == 1.0
 
 
 class FakeStore:

@@ -1,190 +1,240 @@
-"""Polls give way to backlogged deliveries only while the loop is saturated."""
+"""Polls give way to backlogged deliveries only while the loop is saturated: metered by
+the deliveries that finish, in order, opening again step by step."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 
 from structlog.testing import capture_logs
 
-from poller.share import SATURATED_LAG, PollShare
+from poller.share import (
+    FLOOR,
+    OPEN_AFTER,
+    POLLS_PER_DELIVERY,
+    SATURATED_BUSY,
+    SPARE_BUSY,
+    PollShare,
+)
 
-SATURATED = SATURATED_LAG * 10
+BUSY = (SATURATED_BUSY + 1.0) / 2  # a look at a saturated loop
+IDLE = SPARE_BUSY / 2  # a look at a loop with room to spare
 
 
-class Walks:
-    """Polls holding a slot until released, one task each."""
+class Deliveries:
+    """What the worker tells the share: whether it is owed more, and how many it finished."""
+
+    def __init__(self, *, backlogged: bool = True) -> None:
+        self.backlogged = backlogged
+        self.finished = 0
+
+    def share(self, **kwargs: float) -> PollShare:
+        return PollShare(lambda: self.backlogged, lambda: self.finished, **kwargs)
+
+
+class Polls:
+    """Polls waiting for admission, one task each, noting the order they were let in."""
 
     def __init__(self, share: PollShare) -> None:
         self.share = share
         self.entered: list[int] = []
-        self._release: dict[int, asyncio.Event] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
 
-    def start(self, n: int) -> None:
-        self._release[n] = asyncio.Event()
-        self._tasks[n] = asyncio.create_task(self._walk(n))
+    def start(self, *numbers: int) -> None:
+        for n in numbers:
+            self._tasks[n] = asyncio.create_task(self._poll(n))
 
-    async def _walk(self, n: int) -> None:
-        async with self.share.slot():
-            self.entered.append(n)
-            await self._release[n].wait()
+    async def _poll(self, n: int) -> None:
+        await self.share.admit()
+        self.entered.append(n)
 
     async def settle(self) -> None:
         for _ in range(5):
             await asyncio.sleep(0)
-
-    async def finish(self, n: int) -> None:
-        self._release[n].set()
-        await self._tasks[n]
-        await self.settle()
 
     def cancel(self, n: int) -> asyncio.Task[None]:
         self._tasks[n].cancel()
         return self._tasks[n]
 
     async def close(self) -> None:
-        for event in self._release.values():
-            event.set()
+        for task in self._tasks.values():
+            task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
-async def walks(share: PollShare) -> AsyncIterator[Walks]:
-    w = Walks(share)
+async def polls(share: PollShare) -> AsyncIterator[Polls]:
+    p = Polls(share)
     try:
-        yield w
+        yield p
     finally:
-        await w.close()
-
-
-def saturate(share: PollShare, times: int = 10) -> None:
-    for _ in range(times):
-        share.observe(SATURATED)
+        await p.close()
 
 
 async def test_the_gate_is_open_unless_deliveries_are_backlogged() -> None:
-    share = PollShare(lambda: False, ceiling=4)
-    async with walks(share) as w:
-        for n in range(10):
-            w.start(n)
-        await w.settle()
-        saturate(share)  # the loop is busy, but nothing is owed
-        for n in range(10, 20):
-            w.start(n)
-        await w.settle()
-        assert len(w.entered) == 20  # the ceiling does not bound an open gate
-        assert share.limit is None
+    deliveries = Deliveries(backlogged=False)
+    share = deliveries.share()
+    async with polls(share) as p:
+        for _ in range(5):
+            share.observe(0.2, 1.0)  # the loop is busy, but nothing is owed
+        p.start(*range(50))
+        await p.settle()
+        assert len(p.entered) == 50
+        assert not share.metered
         assert share.waiting == 0
 
 
 async def test_a_backlog_on_an_idle_loop_holds_nothing() -> None:
-    share = PollShare(lambda: True, ceiling=4)  # a slow receiver: owed, but the loop idles
-    async with walks(share) as w:
+    share = Deliveries().share()  # a slow receiver: owed, but the loop idles
+    async with polls(share) as p:
         for _ in range(10):
-            share.observe(0.001)
-        for n in range(10):
-            w.start(n)
-        await w.settle()
-        assert len(w.entered) == 10
-        assert share.limit is None
+            share.observe(0.001, IDLE)
+        p.start(*range(10))
+        await p.settle()
+        assert len(p.entered) == 10
+        assert not share.metered
 
 
-async def test_backlog_and_saturation_cut_polls_to_one_then_fifo() -> None:
-    share = PollShare(lambda: True, ceiling=8)
-    async with walks(share) as w:
-        for n in range(8):
-            w.start(n)
-        await w.settle()
-        saturate(share)
-        assert share.limit == 1
-        for n in range(8, 12):
-            w.start(n)
-        await w.settle()
-        assert w.entered == list(range(8))
-        assert share.waiting == 4
-        for n in range(8):  # the walking ones end: only one may follow
-            await w.finish(n)
-        assert w.entered == [*range(8), 8]
-        await w.finish(8)
-        assert w.entered == [*range(8), 8, 9]  # the oldest waiter first
+async def test_saturated_and_backlogged_polls_begin_on_credits_from_deliveries() -> None:
+    deliveries = Deliveries()
+    share = deliveries.share()
+    async with polls(share) as p:
+        share.observe(0.0, BUSY)  # one busy look is enough to meter
+        assert share.metered
+        p.start(*range(40))
+        await p.settle()
+        assert p.entered == [0]  # the floor's one credit of that look
+        deliveries.finished += 20  # twenty deliveries finish before the next look
+        share.observe(0.0, BUSY)
+        await p.settle()
+        expected = 1 + int(FLOOR + 20 * POLLS_PER_DELIVERY)
+        assert p.entered == list(range(expected))  # in the order they came
+        assert share.waiting == 40 - expected
 
 
-async def test_the_limit_grows_back_one_a_tick_and_opens_at_the_ceiling() -> None:
-    backlogged = True
-    share = PollShare(lambda: backlogged, ceiling=4)
-    async with walks(share) as w:
-        w.start(0)
-        await w.settle()
-        saturate(share)
-        for n in range(1, 8):
-            w.start(n)
-        await w.settle()
-        assert len(w.entered) == 1
-        backlogged = False
-        share.observe(SATURATED)
-        await w.settle()
-        assert share.limit == 2
-        assert len(w.entered) == 2
-        share.observe(SATURATED)
-        await w.settle()
-        assert share.limit == 3
-        assert len(w.entered) == 3
-        share.observe(SATURATED)
-        await w.settle()
-        assert share.limit is None
-        assert len(w.entered) == 8
+async def test_polls_never_stop_however_few_deliveries_finish() -> None:
+    share = Deliveries().share()
+    async with polls(share) as p:
+        share.observe(0.0, BUSY)
+        p.start(*range(20))
+        for _ in range(5):  # no delivery finishes
+            share.observe(0.0, BUSY)
+        await p.settle()
+        assert len(p.entered) == 6 * int(FLOOR)
 
 
-async def test_a_cancelled_waiter_keeps_no_slot() -> None:
-    share = PollShare(lambda: True, ceiling=4)
-    async with walks(share) as w:
-        w.start(0)
-        await w.settle()
-        saturate(share)
-        w.start(1)
-        w.start(2)
-        await w.settle()
-        cancelled = w.cancel(1)
+async def test_room_to_spare_lets_more_in_step_by_step_then_opens() -> None:
+    share = Deliveries().share()
+    async with polls(share) as p:
+        share.observe(0.0, BUSY)
+        p.start(*range(1000))
+        await p.settle()
+        admitted = [len(p.entered)]
+        for _ in range(4):
+            share.observe(0.0, 0.0)
+            await p.settle()
+            admitted.append(len(p.entered))
+        steps = [b - a for a, b in itertools.pairwise(admitted)]
+        assert steps == sorted(steps)  # no flood: each look lets in a little more
+        assert steps[-1] < 10
+        looks = 0
+        while share.metered:
+            share.observe(0.0, 0.0)
+            await p.settle()
+            looks += 1
+            assert looks < 10 * OPEN_AFTER
+        assert len(p.entered) == 1000
+        p.start(1000)
+        await p.settle()
+        assert p.entered[-1] == 1000  # open: at once
+
+
+async def test_the_backlog_gone_opens_the_gate_at_once() -> None:
+    deliveries = Deliveries()
+    share = deliveries.share()
+    async with polls(share) as p:
+        share.observe(0.0, BUSY)
+        p.start(*range(100))
+        await p.settle()
+        deliveries.backlogged = False  # a claim came back short: nothing more is owed
+        share.observe(0.0, BUSY)
+        await p.settle()
+        assert len(p.entered) == 100
+        assert not share.metered
+
+
+async def test_a_cancelled_waiter_spends_no_credit() -> None:
+    deliveries = Deliveries()
+    share = deliveries.share()
+    async with polls(share) as p:
+        share.observe(0.0, BUSY)
+        p.start(0)  # takes the floor's credit
+        await p.settle()
+        p.start(1, 2)
+        await p.settle()
+        cancelled = p.cancel(1)
         with contextlib.suppress(asyncio.CancelledError):
             await cancelled
-        await w.finish(0)
-        assert w.entered == [0, 2]
+        share.observe(0.0, BUSY)  # one more credit: for 2, not for the one that left
+        await p.settle()
+        assert p.entered == [0, 2]
         assert share.waiting == 0
 
 
 async def test_held_time_is_counted_and_reported_once_a_period() -> None:
-    share = PollShare(lambda: True, ceiling=2, period=0.0)
+    share = Deliveries().share(period=0.0)
     with capture_logs() as logs:
-        async with walks(share) as w:
-            w.start(0)
-            await w.settle()
-            saturate(share)
-            w.start(1)
-            await w.settle()
+        async with polls(share) as p:
+            share.observe(0.0, BUSY)
+            p.start(0, 1)
+            await p.settle()
             await asyncio.sleep(0.05)
-            await w.finish(0)
-            share.observe(SATURATED)
+            share.observe(0.0, BUSY)
+            await p.settle()
+            share.observe(0.0, BUSY)
+    assert p.entered == [0, 1]
     assert share.held_seconds >= 0.05
     held = [e for e in logs if e["event"] == "polls_held_for_deliveries"]
     assert len(held) == 1
     assert held[0]["polls"] == 1
     assert held[0]["max_wait_s"] >= 0.05
+    assert held[0]["metered"] is True
 
 
-async def test_run_sees_a_blocked_loop() -> None:
-    share = PollShare(lambda: True, ceiling=2)
+async def test_run_sees_a_blocked_loop_as_busy_even_without_cpu() -> None:
+    """Busy means "not waiting for I/O": a callback that blocks the loop without using
+    the CPU (as on a loaded machine, where the loop gets few cycles) counts too."""
+    share = Deliveries().share()
     runner = asyncio.create_task(share.run(tick=0.01))
     try:
         await asyncio.sleep(0.05)
-        assert share.lag < SATURATED_LAG
-        time.sleep(0.2)  # a callback that hogs the loop, as a burst of polls does
-        await asyncio.sleep(0.03)
-        assert share.lag > SATURATED_LAG
-        assert share.limit == 1
+        assert not share.metered
+        assert share.busy < SATURATED_BUSY
+        time.sleep(0.2)  # blocks the loop; the thread uses no CPU meanwhile
+        await asyncio.sleep(0.015)
+        assert share.metered
+        assert share.lag > 0.03
     finally:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+
+
+async def test_the_loop_selector_is_left_as_it_was() -> None:
+    loop = asyncio.get_running_loop()
+    selector = loop._selector  # type: ignore[attr-defined]
+    first, second = Deliveries().share(), Deliveries().share()
+    old = asyncio.create_task(first.run(tick=0.01))
+    await asyncio.sleep(0.02)
+    new = asyncio.create_task(second.run(tick=0.01))  # a reload: the new one starts first
+    await asyncio.sleep(0.02)
+    old.cancel()
+    await asyncio.gather(old, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    assert second.busy < SATURATED_BUSY  # still measured, not read as always busy
+    new.cancel()
+    await asyncio.gather(new, return_exceptions=True)
+    assert "select" not in vars(selector)
