@@ -119,26 +119,23 @@ class PollShare:
         self._busy += _SMOOTHING * (busy - self._busy)
         finished = self._finished()
         delivered, self._seen = finished - self._seen, finished
-        backlogged = self._backlogged()
-        # In at once (one busy look): a poll let in is a poll's work that cannot be taken
-        # back, and at start-up the first polls of every room come in one flood. Out
-        # only on the smoothed figure, so one quiet tick does not let the flood go.
-        if backlogged and (busy > SATURATED_BUSY or (self._metered and self._busy > SPARE_BUSY)):
-            self._metered = True
-            self._allowance = FLOOR
-            earned = FLOOR + delivered * POLLS_PER_DELIVERY
-        elif self._metered and not backlogged:
+        if not self._backlogged():
             self._metered = False  # nothing owed: the held polls may all go
-            earned = 0.0
-        elif self._metered:
-            # The loop has room to spare: let more in, additively (doubling let the held
-            # polls out in a flood that saturated the loop again at once).
+        elif busy > SATURATED_BUSY:
+            # In at once (one busy look): a poll let in is a poll's work that cannot be
+            # taken back, and at start-up the first polls of every room come in one
+            # flood. Halved, not reset, while it lasts: when deliveries are held by their
+            # receiver, not the loop, polls alone saturate it, and a reset to the floor
+            # each time would halve polling for no delivery's gain.
+            self._allowance = max(FLOOR, self._allowance / 2) if self._metered else FLOOR
+            self._metered = True
+        elif self._metered and self._busy < SPARE_BUSY:
+            # Room to spare: let more in, additively (doubling let the held polls out in
+            # a flood that saturated the loop again at once).
             self._allowance += FLOOR
-            earned = self._allowance + delivered * POLLS_PER_DELIVERY
             if self._allowance >= OPEN_AFTER and not self.waiting:
                 self._metered = False
-        else:
-            earned = 0.0
+        earned = self._allowance + delivered * POLLS_PER_DELIVERY if self._metered else 0.0
         self._credits = min(max(CREDIT_CAP, earned), self._credits + earned)
         self._admit()
         self._report(time.monotonic())

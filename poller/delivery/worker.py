@@ -165,6 +165,10 @@ class DeliveryWorker:
             if free < max(1, target.max_concurrency // 4):
                 continue  # a finishing delivery wakes us
             admission = await self._guard.admit(target, free, in_flight)
+            if admission.count < free:
+                # Held back by the receiver's limits, not by the loop: polls giving
+                # way would not speed these deliveries up (poller.share).
+                self._owed.discard(target.name)
             if admission.count == 0:
                 # Held back (paused, disabled, breaker, rate limit): not "idle", whose
                 # due deliveries would wake the loop at once, again and again.
@@ -184,7 +188,7 @@ class DeliveryWorker:
             if len(claims) < admission.count:
                 idle.append(target.name)
                 self._owed.discard(target.name)
-            else:
+            elif admission.count == free:
                 self._owed.add(target.name)
         return claimed, idle
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import random
@@ -439,6 +440,22 @@ async def test_backlogged_while_more_is_due_than_there_are_slots(
         await nudge(worker)  # a claim that finds less than it asked for
         await until(lambda: not worker.backlogged())
     assert not worker.backlogged()
+
+
+async def test_not_backlogged_while_the_receivers_rate_limit_holds_deliveries_back(
+    store: Store, receiver: Receiver, make_worker: MakeWorker, outcomes: Outcomes
+) -> None:
+    """Polls giving way would not send these sooner: the limit, not the loop, holds them."""
+    paced = dataclasses.replace(
+        hook("all", receiver.url("all"), receiver.secrets["all"], max_concurrency=4),
+        rate_limit=2.0,
+    )
+    await seed(store, [paced], 10)
+    worker = make_worker([paced])
+    async with running(worker):
+        await outcomes.wait_for(lambda: len(outcomes.of("all", "delivered")) >= 2)
+        assert not worker.backlogged()
+    assert len(outcomes.of("all", "delivered")) < 10  # more was still due all along
 
 
 async def test_a_hanging_webhook_does_not_hold_up_another(

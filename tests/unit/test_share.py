@@ -238,3 +238,19 @@ async def test_the_loop_selector_is_left_as_it_was() -> None:
     new.cancel()
     await asyncio.gather(new, return_exceptions=True)
     assert "select" not in vars(selector)
+
+
+async def test_a_busy_look_halves_what_a_look_lets_in_instead_of_starting_over() -> None:
+    """When deliveries wait on their receiver and polls alone fill the loop, each busy
+    look must not throw polling back to the floor."""
+    share = Deliveries().share()
+    async with polls(share) as p:
+        share.observe(0.0, BUSY)
+        p.start(*range(500))
+        for _ in range(8):
+            share.observe(0.0, 0.0)  # room to spare: 2, 3, ... 9 a look
+        await p.settle()
+        before = len(p.entered)
+        share.observe(0.0, BUSY)  # saturated again: half of the last look's 9
+        await p.settle()
+        assert len(p.entered) - before == int(9 * FLOOR / 2)
