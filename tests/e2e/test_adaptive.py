@@ -95,9 +95,10 @@ async def test_a_session_makes_an_idle_room_fast_and_its_recording_arrives_withi
     assert latency < INTERVAL + 1.5, latency
 
     # Meanwhile the quiet room was left at its idle pace.
+    # At most one poll an idle interval (and one that had come due), however long this
+    # took on a loaded machine; the fast pace would have given one every INTERVAL.
     elapsed = time.monotonic() - settled
-    assert elapsed < IDLE, "the test took too long to say anything about the idle pace"
-    assert polls_of(simulator, "quiet", settled) <= 1  # an idle poll may have come due
+    assert polls_of(simulator, "quiet", settled) <= 1 + int(elapsed // IDLE)
     assert polls_of(simulator, "class", settled) >= 4
 
     # The active window runs out: class turns idle again, and nothing is lost at the idle
