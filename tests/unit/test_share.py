@@ -55,6 +55,13 @@ class Polls:
         for _ in range(5):
             await asyncio.sleep(0)
 
+    async def open_to(self, n: int) -> bool:
+        """Whether ``n`` more polls go straight in, the gate left open."""
+        before = len(self.entered)
+        self.start(*range(before, before + n))
+        await self.settle()
+        return len(self.entered) == before + n and not self.share.metered
+
     def cancel(self, n: int) -> asyncio.Task[None]:
         self._tasks[n].cancel()
         return self._tasks[n]
@@ -80,10 +87,7 @@ async def test_the_gate_is_open_unless_deliveries_are_backlogged() -> None:
     async with polls(share) as p:
         for _ in range(5):
             share.observe(0.2, 1.0)  # the loop is busy, but nothing is owed
-        p.start(*range(50))
-        await p.settle()
-        assert len(p.entered) == 50
-        assert not share.metered
+        assert await p.open_to(50)
         assert share.waiting == 0
 
 
@@ -92,10 +96,7 @@ async def test_a_backlog_on_an_idle_loop_holds_nothing() -> None:
     async with polls(share) as p:
         for _ in range(10):
             share.observe(0.001, IDLE)
-        p.start(*range(10))
-        await p.settle()
-        assert len(p.entered) == 10
-        assert not share.metered
+        assert await p.open_to(10)
 
 
 async def test_saturated_and_backlogged_polls_begin_on_credits_from_deliveries() -> None:
@@ -163,7 +164,7 @@ async def test_the_backlog_gone_opens_the_gate_at_once() -> None:
         share.observe(0.0, BUSY)
         await p.settle()
         assert len(p.entered) == 100
-        assert not share.metered
+        assert await p.open_to(1)
 
 
 async def test_a_cancelled_waiter_spends_no_credit() -> None:
