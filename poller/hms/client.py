@@ -295,7 +295,8 @@ class HmsClient:
     async def _request(
         self, path: str, params: list[tuple[str, str]], token: str
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """One HTTP GET, holding the limiter only while it is on the wire."""
+        """One HTTP GET, holding the limiter only while it is on the wire (and for the
+        budget's last look, which waits only when sends have bunched up)."""
         if self._budget is not None:
             await self._budget.request()  # every try, a retry's too, takes a turn
         async with self._limiter:
