@@ -12,6 +12,10 @@ room with LOW to HIGH events (``--total`` in all). Control and stats endpoints:
   the fewest walks any room has completed (its last page served)
 - ``GET /_walks``: ``{room id: [monotonic time each walk began]}``
 - ``GET /_visible``: ``{event id: monotonic time it became visible}``
+- ``GET /_peak?since=T0&until=T1``: ``{"requests", "max_per_s", "at"}``: of the API
+  requests (events and sessions) that arrived within [T0, T1] (monotonic), how many, and
+  the most that any half-open 1-second window holds (the budget's own measure), from
+  ``at``
 - ``POST /_inject?rate=R&count=C&rooms=N``: append C events at R per second,
   round-robin over the first N rooms, recording when each became visible.
 - ``GET /sessions``: the sessions listing (``active``, default true: live only;
@@ -19,6 +23,9 @@ room with LOW to HIGH events (``--total`` in all). Control and stats endpoints:
   served from the model that ``POST /_sessions`` starts (see ``SessionModel``):
   rooms hold sessions and each session's recording appears a while after its end,
   recorded in ``/_visible``. ``/_stats`` then also counts ``sessions_requests``.
+- ``GET /_sessions``: every session of the model so far, with its room, start and end
+  and its recording's event id and due time (monotonic), to tell why a recording was
+  late.
 
 ``time.monotonic()`` is CLOCK_MONOTONIC, shared by every process on the host,
 so these times compare directly with the sink's.
@@ -27,6 +34,7 @@ so these times compare directly with the sink's.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import bisect
 import dataclasses
@@ -36,6 +44,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -101,7 +110,10 @@ class FakeApi:
         self.walk_starts: dict[str, list[float]] = {room: [] for room in rooms}
         self.walked: dict[str, int] = dict.fromkeys(rooms, 0)
         self.sessions_requests = 0
+        # Monotonic arrival of every API request, in order (doubles: a long run has many).
+        self.arrivals = array.array("d")
         self._sessions: list[_Session] = []  # by start (and so by created_at)
+        self._recordings: dict[str, tuple[str, float]] = {}  # session id: event id, when due
         self._session_task: asyncio.Task[None] | None = None
 
     def app(self) -> web.Application:
@@ -110,12 +122,15 @@ class FakeApi:
         app.router.add_get("/_stats", self.stats)
         app.router.add_get("/_visible", self.visible_times)
         app.router.add_get("/_walks", self.walk_times)
+        app.router.add_get("/_peak", self.peak)
         app.router.add_post("/_inject", self.inject)
         app.router.add_get("/sessions", self.sessions)
         app.router.add_post("/_sessions", self.start_sessions)
+        app.router.add_get("/_sessions", self.session_times)
         return app
 
     async def sessions(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
         self.sessions_requests += 1
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             return web.Response(status=401, body=b'{"code":401,"message":"no token"}')
@@ -136,6 +151,23 @@ class FakeApi:
         items = b",".join(s.body_live if s.end > now else s.body_ended for s in page)
         body = b'{"limit":%d,"data":[%s],"last":"%s"}' % (limit, items, last.encode())
         return web.Response(body=body, content_type=_JSON)
+
+    async def session_times(self, _request: web.Request) -> web.Response:
+        """Every session so far, its start and end as monotonic times (for diagnosis)."""
+        shift = time.monotonic() - time.time()
+        return web.json_response(
+            [
+                {
+                    "id": s.id,
+                    "room_id": s.room_id,
+                    "start": s.start + shift,
+                    "end": s.end + shift,
+                    "recording": self._recordings[s.id][0],
+                    "recording_due": self._recordings[s.id][1] + shift,
+                }
+                for s in self._sessions
+            ]
+        )
 
     async def start_sessions(self, request: web.Request) -> web.Response:
         if self._session_task is not None:
@@ -167,6 +199,7 @@ class FakeApi:
             ready = end + model.seconds(self._rng.uniform(low, high))
             self._add_session(n, room, start, end)
             event = make_event(self._rng, room, int(ready * 1e9))
+            self._recordings[self._sessions[-1].id] = (str(event["id"]), ready)
             if ready <= wall0:
                 self.rooms[room].append(compact(event).encode())  # history: not measured
             else:
@@ -199,6 +232,7 @@ class FakeApi:
         )
 
     async def events(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
         self.requests += 1
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             return web.Response(status=401, body=b'{"code":401,"message":"no token"}')
@@ -246,6 +280,14 @@ class FakeApi:
             }
         )
 
+    async def peak(self, request: web.Request) -> web.Response:
+        since = float(request.query.get("since", "-inf"))
+        until = float(request.query.get("until", "inf"))
+        lo = bisect.bisect_left(self.arrivals, since)
+        hi = bisect.bisect_right(self.arrivals, until)
+        count, at = busiest_second(self.arrivals[lo:hi])
+        return web.json_response({"requests": hi - lo, "max_per_s": count, "at": at})
+
     async def visible_times(self, _request: web.Request) -> web.Response:
         return web.json_response(self.visible)
 
@@ -275,6 +317,19 @@ class FakeApi:
             self.visible[event["id"]] = time.monotonic()
             self.injected += 1
         self.inject_done = True
+
+
+def busiest_second(times: Sequence[float]) -> tuple[int, float | None]:
+    """The most of ``times`` (ascending) in any half-open window of one second, and where
+    the first such window begins (None: no times)."""
+    best, at, first = 0, None, 0
+    # The busiest window can be taken to begin at a time of the list: slide its start.
+    for last, t in enumerate(times):
+        while times[first] <= t - 1.0:
+            first += 1
+        if last - first + 1 > best:
+            best, at = last - first + 1, times[first]
+    return best, at
 
 
 def build_rooms(
@@ -332,4 +387,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["FakeApi", "SessionModel", "build_rooms", "main"]
+__all__ = ["FakeApi", "SessionModel", "build_rooms", "busiest_second", "main"]

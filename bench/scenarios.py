@@ -8,6 +8,7 @@ counted at the fake API, deliveries counted at the sink.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from bench.events import room_ids
 from bench.harness import (
+    MAX_BUDGET,
     Hook,
     PgDatabases,
     daemon_config,
@@ -656,16 +658,34 @@ _MODEL_INTERVAL = 30.0
 _MODEL_IDLE = 600.0
 _MODEL_WINDOW = 7200.0
 _MODEL_SESSIONS = 30.0
+# The budget-bound run's hms.max_requests_per_second, as a share of what adaptive asked.
+BUDGET_SHARE = 0.6
 
 
-def _adaptive_run(ctx: Context, rooms: int, speed: float, window: float, adaptive: bool) -> Row:
+def _adaptive_run(
+    ctx: Context,
+    rooms: int,
+    speed: float,
+    window: float,
+    adaptive: bool,
+    *,
+    share: float = 0.02,
+    budget: float | None = None,
+) -> Row:
     """One mode: the fake API's session model from the start, the measured window after a
-    warm-up of two intervals (every room's first poll, the first sessions walk)."""
-    mode = "adaptive" if adaptive else "fixed"
+    warm-up of two intervals (every room's first poll, the first sessions walk).
+
+    With ``budget`` (hms.max_requests_per_second) the warm-up lasts until every room has
+    had its first poll too (the budget spreads those out; with backfill off, a recording
+    a room's first poll finds is recorded, not delivered). Without, the budget is the
+    maximum: what the mode *asks* is measured, not a cap.
+    """
+    mode = ("adaptive" if adaptive else "fixed") + ("" if budget is None else "-budget")
     interval = _MODEL_INTERVAL / speed
+    idle = _MODEL_IDLE / speed
     extra = [
         f"adaptive = {'true' if adaptive else 'false'}",
-        f"idle_interval = {_MODEL_IDLE / speed!r}",
+        f"idle_interval = {idle!r}",
         f"active_window = {_MODEL_WINDOW / speed!r}",
         f"sessions_interval = {_MODEL_SESSIONS / speed!r}",
     ]
@@ -683,13 +703,19 @@ def _adaptive_run(ctx: Context, rooms: int, speed: float, window: float, adaptiv
             # Recordings already there at a room's first poll are history, not measured.
             backfill=False,
             poll_extra=extra,
-            # The comparison is of what each mode asks, not of a budget that caps both.
-            max_requests_per_second=10_000.0,
+            max_requests_per_second=MAX_BUDGET if budget is None else budget,
         )
         daemon = start_daemon(children, f"daemon-adaptive-{mode}", config)
         # 3 modelled hours of sessions before now: the walks meet a steady state at once.
-        post(f"{api}/_sessions?speed={speed!r}&history=180")
+        post(f"{api}/_sessions?speed={speed!r}&history=180&share={share!r}")
         time.sleep(max(2 * interval, 3.0))
+        if budget is not None:
+            first_polls = rooms / budget + 30.0
+
+            def all_polled() -> bool:
+                return int(get_json(f"{api}/_stats")["walked_min"]) >= 1
+
+            _wait("every room's first poll", all_polled, first_polls, 0.25)
         s0, d0, t0 = get_json(f"{api}/_stats"), daemon.child.usage(), time.monotonic()
         time.sleep(window)
         s1, d1, t1 = get_json(f"{api}/_stats"), daemon.child.usage(), time.monotonic()
@@ -701,10 +727,16 @@ def _adaptive_run(ctx: Context, rooms: int, speed: float, window: float, adaptiv
             receipts.update(get_json(f"{sink}/_receipts"))
             return all(i in receipts for i in measured)
 
-        # A recording in an idle room waits an idle interval at most (the catch-all).
+        # A recording in an idle room waits an idle interval at most (the catch-all); a
+        # budget that binds may stretch every room's round to rooms / budget seconds.
+        drain = max(idle, 0.0 if budget is None else rooms / budget) + 30.0
         with contextlib.suppress(BenchError):
-            _wait("the window's recordings to arrive", arrived, _MODEL_IDLE / speed + 30, 0.25)
+            _wait("the window's recordings to arrive", arrived, drain, 0.25)
+        in_window = get_json(f"{api}/_peak?since={t0!r}&until={t1!r}")
+        whole = get_json(f"{api}/_peak")  # start-up's first polls included
         code = daemon.stop()
+        assert daemon.child.log is not None
+        delayed = _budget_waits(daemon.child.log)
     lat = [receipts[i] - t for i, t in measured.items() if i in receipts]
     requests = (s1["requests"] - s0["requests"]) + (
         s1["sessions_requests"] - s0["sessions_requests"]
@@ -713,10 +745,15 @@ def _adaptive_run(ctx: Context, rooms: int, speed: float, window: float, adaptiv
     cpu = d1.cpu_s - d0.cpu_s
     return {
         "mode": mode,
+        "budget_per_s": MAX_BUDGET if budget is None else budget,
         "requests_per_model_hour": round(requests / model_hours),
+        "requests_per_s": round(requests / (t1 - t0), 1),
         "sessions_requests_per_model_hour": round(
             (s1["sessions_requests"] - s0["sessions_requests"]) / model_hours
         ),
+        "max_requests_in_1s": in_window["max_per_s"],
+        "max_requests_in_1s_whole_run": whole["max_per_s"],
+        **delayed,
         "recordings": len(measured),
         "received": len(lat),
         "p50_ms": round(1000 * _percentile(lat, 0.5), 1) if lat else None,
@@ -727,16 +764,47 @@ def _adaptive_run(ctx: Context, rooms: int, speed: float, window: float, adaptiv
     }
 
 
-def adaptive(ctx: Context, rooms: int, speed: float, window: float) -> Row:
+def _budget_waits(log: Path) -> Row:
+    """What the daemon's log says of polls that waited: for the budget (its
+    ``api_budget_exceeded`` lines, one per period with delays) and behind their schedule
+    (``polls_late``)."""
+    delayed, max_wait, max_lag = 0, 0.0, 0.0
+    with log.open() as lines:
+        for line in lines:
+            if '"api_budget_exceeded"' not in line and '"polls_late"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == "api_budget_exceeded":
+                delayed += int(entry.get("polls_delayed", 0))
+                max_wait = max(max_wait, float(entry.get("max_wait_s", 0.0)))
+            elif entry.get("event") == "polls_late":
+                max_lag = max(max_lag, float(entry.get("max_lag_s", 0.0)))
+    return {
+        "polls_delayed_by_budget": delayed,
+        "max_budget_wait_s": round(max_wait, 3),
+        "max_poll_lag_s": round(max_lag, 3),
+    }
+
+
+def adaptive(ctx: Context, rooms: int, speed: float, window: float, budget_window: float) -> Row:
     """``rooms`` rooms, 2 % of which hold a 30-minute session each hour, each recording
     1-5 minutes after its session's end, at a clock ``speed`` times fast (every duration
     divided by it), measured for ``window`` real seconds: fixed poll.interval against
     adaptive polling (the defaults: 30 s, idle 10 m, window 2 h, sessions walk 30 s).
     Requests are per modelled hour; latencies are real, from visible at the API to the
-    sink (each mode's bound: one interval, interval / speed, plus 5 s)."""
+    sink (each mode's bound: one interval, interval / speed, plus 5 s). Both runs have
+    the maximum budget; a third, adaptive, for ``budget_window`` seconds, has one below
+    what adaptive asked, and shows what arrives at the API then: never more requests in
+    a second than the budget, and every recording (late, as polls wait for turns)."""
     fixed = _adaptive_run(ctx, rooms, speed, window, adaptive=False)
     adapted = _adaptive_run(ctx, rooms, speed, window, adaptive=True)
     ratio = fixed["requests_per_model_hour"] / max(1, adapted["requests_per_model_hour"])
+    # Then a budget that binds: below what adaptive asked, so that polls wait for turns.
+    budget = max(1.0, round(BUDGET_SHARE * adapted["requests_per_s"], 1))
+    bound = _adaptive_run(ctx, rooms, speed, budget_window, adaptive=True, budget=budget)
     return {
         "rooms": rooms,
         "speed": speed,
@@ -745,4 +813,5 @@ def adaptive(ctx: Context, rooms: int, speed: float, window: float) -> Row:
         "fixed": fixed,
         "adaptive": adapted,
         "requests_ratio": round(ratio, 2),
+        "budget_bound": bound,
     }

@@ -2,8 +2,10 @@
 
 The API documents no rate limit, so poller keeps its own (``hms.max_requests_per_second``):
 every request start takes a turn of one ``Pacer``, so no second ever holds more than the
-budget. A twentieth of a second's worth may start at once (the polls a scheduler fires
-together), the rest at a steady pace that keeps every second within the budget.
+budget; and as it goes out it is counted again (``send``), so that a request that left
+late does not share a second with those after it. A twentieth of a second's worth may
+start at once (the polls a scheduler fires together), the rest at a steady pace that
+keeps every second within the budget.
 
 When the schedule asks for more, it is polls that wait, before they begin, in the order
 they fell due (the most overdue first); a walk already under way takes its next
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Callable
 from contextvars import ContextVar, Token
@@ -29,6 +32,9 @@ from poller.tally import PeriodTally
 __all__ = ["RequestBudget"]
 
 BURST_SECONDS = 0.05  # of the budget that may start at once
+# How much more than a second the starts a second may hold must span as they go out:
+# the API counts arrivals, and each trip takes a little more or less than the last.
+SEND_MARGIN = 0.01
 
 
 @dataclass(slots=True)
@@ -61,6 +67,8 @@ class RequestBudget:
         self._log = logger or structlog.get_logger("poller.budget")
         self._delayed = PeriodTally(period)
         self._delayed.start(clock())
+        # When the latest requests went out, as many as a second may hold.
+        self._sent: collections.deque[float] = collections.deque(maxlen=max(1, math.floor(rate)))
 
     @property
     def rate(self) -> float:
@@ -106,6 +114,25 @@ class RequestBudget:
         if wait > 0:
             self.waited_seconds += wait
             await asyncio.sleep(wait)
+
+    async def send(self) -> None:
+        """The last look as a request goes out (after ``request``, at the connection):
+        wait while the latest starts a second may hold went out less than a second ago.
+
+        Why: a turn is a time, and the request it was for may go out later (a busy loop
+        runs its timer late, the connection limit holds it) while the next goes on time:
+        turns a second apart then reach the API within one. Counting the starts as they
+        happen keeps every second within the budget as the API sees it; when nothing is
+        late, this never waits but for the margin.
+        """
+        sent = self._sent
+        while len(sent) == sent.maxlen:
+            wait = sent[0] + 1.0 + SEND_MARGIN - self._clock()
+            if wait <= 0:
+                break
+            self.waited_seconds += wait
+            await asyncio.sleep(wait)
+        sent.append(self._clock())
 
     def _schedule(self) -> None:
         """Let the first waiters in while the pacer has a turn now, or look again then."""

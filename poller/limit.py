@@ -61,14 +61,15 @@ class Limiter:
 class Pacer:
     """Request starts paced so that no window of one second ever holds more than ``rate``.
 
-    With ``burst=1`` (the default) starts are at least ``1 / rate`` apart. With a larger
-    ``burst``, up to ``burst`` may start at once after a quiet spell, and the steady pace
-    is lowered to ``rate - burst + 1`` a second so that a burst plus what follows it in
-    the same second still fits ``rate`` (a plain token bucket would allow ``rate +
-    burst``). Why a burst at all: a scheduler fires the polls due at one instant
-    together, and spacing them 0.1 ms apart cost a timer per poll for no one's benefit.
-    Turns are handed out in the order they are asked for, so whoever has waited longest
-    goes first.
+    With ``burst=1`` (the default) starts are at least ``1 / rate`` apart (a fractional
+    rate of one or more counts as the whole number below it: a second holds whole
+    starts). With a larger ``burst``, up to ``burst`` may start at once after a quiet
+    spell, and the steady pace is lowered to ``rate - burst + 1`` a second so that a
+    burst plus what follows it in the same second still fits ``rate`` (a plain token
+    bucket would allow ``rate + burst``). Why a burst at all: a scheduler fires the polls
+    due at one instant together, and spacing them 0.1 ms apart cost a timer per poll for
+    no one's benefit. Turns are handed out in the order they are asked for, so whoever
+    has waited longest goes first.
     """
 
     def __init__(
@@ -82,7 +83,10 @@ class Pacer:
         if not 1 <= burst <= max(1.0, rate):
             raise ValueError("burst must be between 1 and the rate")
         self._rate = rate
-        self._gap = 1.0 / (rate - burst + 1)  # the steady spacing
+        # A second holds whole starts: at 35.5 a second, 1/35.5 apart would fit a 36th
+        # in 0.986 s after the first, so the pace is that of the 35 a second may hold.
+        whole = math.floor(rate) if rate >= 1 else rate
+        self._gap = 1.0 / (whole - burst + 1)  # the steady spacing
         self._slack = (burst - 1) * self._gap  # how far ahead of the pace a start may be
         self._clock = clock
         self._horizon = horizon

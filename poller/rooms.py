@@ -101,7 +101,9 @@ class PolledRooms:
 
         The next poll comes ``interval`` after the latest one began, or now if that is
         past: a room that turns fast is polled at once when it has waited that long. A
-        room not polled yet keeps its first poll (startup spreads those over an interval).
+        room not polled yet keeps its first poll (startup spreads those over an interval)
+        if that is at most ``interval`` away; one whose first poll has fired but not begun
+        (waiting for the budget) is polled ``interval`` from now at the latest.
         """
         current = self._intervals.get(room_id)
         if current is None or current == interval:
@@ -111,7 +113,11 @@ class PolledRooms:
         if began is not None:
             first = began + dt.timedelta(seconds=interval)
         else:
-            first = self._scheduler.next_run(_job_id(room_id)) or now
+            # First slots lie within one interval of the room's start; a next run further
+            # off means the first run has fired and waits at the gate (the budget), and
+            # the job's next run is then a whole old interval after it.
+            slot = self._scheduler.next_run(_job_id(room_id)) or now
+            first = min(slot, now + dt.timedelta(seconds=interval))
         # A run under way finishes; the job starts anew with the new interval.
         self._scheduler.remove(_job_id(room_id))
         self._start(room_id, interval, first_in=max(0.0, (first - now).total_seconds()))

@@ -295,12 +295,14 @@ class HmsClient:
     async def _request(
         self, path: str, params: list[tuple[str, str]], token: str
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """One HTTP GET, holding the limiter only while it is on the wire."""
+        """One HTTP GET, holding the limiter only while it is on the wire (and for the
+        budget's last look, which waits only when sends have bunched up)."""
         if self._budget is not None:
             await self._budget.request()  # every try, a retry's too, takes a turn
-        async with (
-            self._limiter,
-            self._session.get(
+        async with self._limiter:
+            if self._budget is not None:
+                await self._budget.send()  # the turn kept as it goes out, late or not
+            async with self._session.get(
                 self._base + path,
                 params=params,
                 headers={**self._via.headers, "Authorization": f"Bearer {token}"},
@@ -308,9 +310,8 @@ class HmsClient:
                 ssl=self._ssl,
                 proxy=self._via.proxy,
                 proxy_headers=self._via.proxy_headers,
-            ) as resp,
-        ):
-            return resp.status, resp.headers, await self._read(resp)
+            ) as resp:
+                return resp.status, resp.headers, await self._read(resp)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         """The body, refused as soon as it passes ``max_page_bytes`` (decompressed)."""

@@ -17,6 +17,7 @@ from poller.schedule import Scheduler
 from poller.simulator import Simulator
 from tests.conftest import ACCESS_KEY, APP_SECRET
 from tests.unit.test_activity import CONFIG, FAST, IDLE, no_poll
+from tests.unit.test_rooms import HeldGate
 
 
 @dataclasses.dataclass
@@ -85,3 +86,31 @@ async def test_a_failed_walk_changes_nothing(simulator: Simulator, setup: Setup)
     assert setup.activity.state("a").reason is Reason.LIVE
     assert [o.ok for o in setup.outcomes] == [True, False]
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["sessions_walk_failed"]
+
+
+async def test_a_room_made_fast_while_its_first_poll_waits_its_turn_is_polled_within_an_interval(
+    simulator: Simulator, session: aiohttp.ClientSession
+) -> None:
+    """The first walk runs at start, while first polls wait for the budget (the default
+    50/s is below a startup's spread of first polls with some thousands of rooms): a
+    room it makes fast must not wait for the idle run after the one that waits."""
+    client = HmsClient(
+        session, simulator.base_url, MintedTokens(ACCESS_KEY, APP_SECRET), max_attempts=1
+    )
+    scheduler = Scheduler()
+    gate = HeldGate()  # the budget's gate, with no turn free yet
+    polled = PolledRooms(scheduler, no_poll, interval=FAST, timeout=60.0, settle_to=IDLE, gate=gate)
+    polled.add_all(["a"], Origin.CONFIG)
+    activity = Activity(client, polled, CONFIG)
+    simulator.add_room("a")
+    simulator.start_session("a")
+    scheduler.start()
+    try:
+        await gate.wait_queued(1)  # a's first poll has fired: the job's next run is idle
+        outcome = await activity.walk()
+        assert (outcome.ok, outcome.changed) == (True, 1)
+        next_run = scheduler.next_run("poll:a")
+        assert next_run is not None
+        assert (next_run - outcome.at).total_seconds() <= FAST + 1.0
+    finally:
+        await scheduler.stop(1.0)

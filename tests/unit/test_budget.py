@@ -100,3 +100,21 @@ async def test_requests_outside_a_poll_take_turns_too() -> None:
         await budget.request()
         log.note(f"r{n}")
     assert log.paced()
+
+
+async def test_a_request_that_goes_out_late_shares_no_second_with_the_rate_after_it() -> None:
+    """Turns 50 ms apart, the first request held 30 ms past its turn (a busy loop, the
+    connection limit): the 21st, on time, would reach the API 0.97 s after it."""
+    budget = RequestBudget(RATE)
+    sent: list[float] = []
+
+    async def one(late: float) -> None:
+        await budget.request()
+        await asyncio.sleep(late)
+        await budget.send()
+        sent.append(time.monotonic())
+
+    requests = [one(0.03 if n == 0 else 0.0) for n in range(int(RATE) + 1)]
+    await asyncio.wait_for(asyncio.gather(*requests), 5)
+    sent.sort()
+    assert sent[-1] - sent[0] >= 1.0

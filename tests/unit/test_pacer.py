@@ -95,3 +95,17 @@ def test_no_second_ever_holds_more_than_the_rate(burst: int) -> None:
         while ahead < len(starts) and starts[ahead] < at + 1.0 - 1e-9:
             ahead += 1
         assert ahead - first <= rate
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(35.5, 1), (2.5, 1), (100.7, 5), (1.2, 1)])
+def test_a_fractional_rate_never_lets_one_more_start_into_a_second(rate: float, burst: int) -> None:
+    """A second holds whole starts: 35.5 a second is at most 35 in any one (spaced
+    1/35.5 apart, 36 would start within 0.986 s)."""
+    clock = Clock()
+    pacer = Pacer(rate, clock, burst=burst)
+    starts = [clock.now + pacer.reserve() for _ in range(int(rate * 5))]
+    ahead = 0
+    for first, at in enumerate(starts):
+        while ahead < len(starts) and starts[ahead] < at + 1.0 - 1e-9:
+            ahead += 1
+        assert ahead - first <= rate

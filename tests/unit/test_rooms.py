@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -115,3 +116,49 @@ async def test_a_room_not_polled_yet_keeps_its_first_poll_slot() -> None:
     assert rooms.remove("b")
     assert rooms.interval_of("b") is None
     assert scheduler.next_run("poll:b") is None
+
+
+class HeldGate:
+    """A gate (the budget's, when the schedule asks for more) that holds every run until
+    opened; counts the runs waiting at it."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self._open = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def wait_queued(self, count: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.waiting >= count)
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self.waiting += 1
+            self._changed.notify_all()
+        await self._open.wait()
+        self.waiting -= 1
+        yield
+
+
+async def test_a_room_turned_fast_while_its_first_poll_waits_at_the_gate_keeps_the_fast_pace(
+    scheduler: Scheduler,
+) -> None:
+    # Its first poll has fired, so the job's next run is a whole idle interval away:
+    # that is no slot to keep.
+    polls = Polls()
+    gate = HeldGate()
+    rooms = PolledRooms(scheduler, polls, interval=0.1, timeout=5.0, settle_to=30.0, gate=gate)
+    rooms.add_all(["a"], Origin.CONFIG)
+    scheduler.start()
+    await gate.wait_queued(1)
+    turned = utcnow()
+    assert rooms.set_interval("a", 0.1, now=turned)
+    next_run = scheduler.next_run("poll:a")
+    assert next_run is not None
+    assert next_run - turned <= dt.timedelta(seconds=1.0)  # not settle_to (30 s) away
+    gate.open()
+    await polls.wait("a", 3, timeout=3.0)
