@@ -203,7 +203,7 @@ def build(config: Config, store: Store) -> Parts:
     )
     scheduler = Scheduler()
     # Polls give way while deliveries are backlogged and the loop saturated (see
-    # poller.share): a poll then begins per two deliveries finished.
+    # poller.share): a poll then begins per seven deliveries finished.
     share = PollShare(worker.backlogged, lambda: worker.finished)
     metrics.watch_share(share)
     # One warning per interval at most (10 s at least) when polls fall behind.

@@ -6,19 +6,22 @@ callback, and a backlog that drains in 5 s alone took 35 s (BENCHMARKS.md, issue
 A queue of due polls is harmless (they are only late, and ``polls_late`` says so); a
 queue of owed deliveries is what users wait for.
 
-So while deliveries are backlogged *and* the loop is saturated (its thread busy nearly
-all the time),
-polls are *metered*: a poll may begin only on a credit, and credits come from
-deliveries finishing, one poll for every two (``POLLS_PER_DELIVERY``), plus a floor of
-one a tick so that polls never stop. That gives deliveries about two thirds of the loop,
-whatever each costs. Why credits and not a cap on polls at once: a poll mostly waits on
-the API, so even one walking at a time ran a thousand a second and kept the core busy.
+So while deliveries are owed *and* the loop is saturated (busy, not waiting for I/O,
+nearly all the time), polls are *metered*: a poll may begin only on a credit, and credits
+come from deliveries finishing, about one poll for every seven (``POLLS_PER_DELIVERY``),
+plus a floor of one a look so that polls never stop. A poll and a delivery cost about
+the same, but APScheduler's firing of the held rooms' jobs goes on regardless; at this
+rate deliveries kept at least half their rate alone in every measured run (BENCHMARKS.md),
+at one poll per four about half the runs did. Why credits and not a cap on polls at
+once: a poll mostly waits on the API, so even one walking at a time ran hundreds a
+second and kept the core busy.
 
-Once either condition clears, the allowance a tick grows by the floor each tick until it
-passes ``OPEN_AFTER`` with no poll held, and the gate is open again (no limit at all),
-so the polls held back do not all start in one instant. A slow receiver with a backlog
-leaves the loop idle, so polls are not held for it; deliveries alone at full speed
-saturate the loop, but then no poll is waiting and nothing is held.
+Once the loop has room to spare, what a look lets in grows by the floor each look until
+it passes ``OPEN_AFTER`` with no poll held, and the gate is open again (no limit at all),
+so the polls held back do not all start in one instant; a busy look halves it; a claim
+that comes back short (nothing more owed) opens the gate at once. A slow receiver with a
+backlog leaves the loop idle, so polls are not held for it; deliveries alone at full
+speed saturate the loop, but then no poll is waiting and nothing is held.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ TICK = 0.05  # seconds between two looks at the loop
 SATURATED_BUSY = 0.85
 SPARE_BUSY = 0.7  # below this the loop has room to spare: let more polls in
 _SMOOTHING = 0.3  # weight of the newest lag sample
-POLLS_PER_DELIVERY = 0.25  # while metered: a poll may begin per four deliveries finished
+POLLS_PER_DELIVERY = 0.15  # while metered: a poll may begin per seven deliveries finished
 FLOOR = 1.0  # credits a tick however few deliveries finish: 20 polls/s at least
 CREDIT_CAP = 64.0  # credits never bank beyond this: no burst after a quiet spell
 OPEN_AFTER = 200.0  # an allowance this large a tick, with nothing held: the gate opens
