@@ -95,6 +95,9 @@ class Daemon:
                 reload = await self._until_stop_or_reload(worker_task)
                 if reload is None:
                     break
+                # The parts being replaced were frozen with the rest of start-up: back in
+                # the collector's sight, or their reference cycles would outlive them.
+                gc.unfreeze()
                 await self._replace(worker_task, reload)
             if worker_task.done() and not self.stopping.is_set():
                 worker_task.result()  # the loop only ends on a bug: surface it

@@ -66,7 +66,8 @@ class _PollShare(Collector):
         )
         yield GaugeMetricFamily(
             "poller_loop_busy_ratio",
-            "Share of the time the event loop's thread runs, smoothed (above 0.85: saturated).",
+            "Share of the time the event loop is busy, not waiting for I/O, smoothed "
+            "(above 0.85: saturated).",
             value=self._share.busy,
         )
         yield GaugeMetricFamily(

@@ -165,11 +165,8 @@ class DeliveryWorker:
             if free < max(1, target.max_concurrency // 4):
                 continue  # a finishing delivery wakes us
             admission = await self._guard.admit(target, free, in_flight)
-            if admission.count < free:
-                # Held back by the receiver's limits, not by the loop: polls giving
-                # way would not speed these deliveries up (poller.share).
-                self._owed.discard(target.name)
             if admission.count == 0:
+                self._owed.discard(target.name)
                 # Held back (paused, disabled, breaker, rate limit): not "idle", whose
                 # due deliveries would wake the loop at once, again and again.
                 self._paced.append(target.name)
@@ -187,9 +184,13 @@ class DeliveryWorker:
             claimed += len(claims)
             if len(claims) < admission.count:
                 idle.append(target.name)
-                self._owed.discard(target.name)
-            elif admission.count == free:
+            # Owed: more was due than free slots. Not when the receiver's own limits
+            # (rate limit, breaker probe) held the claim back: polls giving way would not
+            # send those sooner (poller.share).
+            if len(claims) == admission.count == free:
                 self._owed.add(target.name)
+            else:
+                self._owed.discard(target.name)
         return claimed, idle
 
     async def _idle_timeout(self, idle: list[str]) -> float:
